@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   create .venv, install lmforge, run the whole pipeline on the built-in demo data (CPU, offline)
+#   make test   create .venv, install lmforge with its test tools, run the tests
+#
+# torch is installed first and on its own, so pip never resolves a multi-GB CUDA build by itself.
+# CPU (default here): TORCH_SPEC=torch==2.13.0. Elsewhere on a CPU-only machine add
+#   TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
+# On a CUDA machine:  make demo TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu128
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# dvc runs each stage's `lmforge stage ...` command, so the venv's bin must be on PATH.
+demo: setup
+	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/dvc repro
+
+# Every test, the slow end-to-end ones included (what CI runs).
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 -m "slow or not slow"
+
+# The fast tests only, for the edit-test loop.
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2

@@ -1,0 +1,245 @@
+"""Typed parameters: pydantic models mirroring params.yaml, loading and `-S key=value` overrides.
+
+Unknown keys, wrong types and out-of-range values fail at load, naming the dotted key:
+`tokenizer.bert.vocab_size: must be >= 100, got 5`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.data.schemas import TASKS
+from components.errors import LmforgeError
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+class Section(BaseModel):
+    """Base for every params section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------- ingest
+
+
+class DemoConfig(Section):
+    """The built-in, seeded demo world: a pretraining corpus and tasks that need its facts."""
+
+    enabled: bool = Field(True, description="generate the built-in demo datasets")
+    seed: int = 0
+    entities: int = Field(240, ge=20, description="people in the fictional world; places and orgs scale with it")
+    corpus_documents: int = Field(1500, ge=10, description="documents in the pretraining corpus")
+    glue_train: int = Field(400, ge=10, description="train rows per GLUE task")
+    glue_eval: int = Field(120, ge=10, description="validation and test rows per GLUE task")
+    qa_train: int = Field(400, ge=10, description="train questions for squad and squad_v2")
+    qa_eval: int = Field(120, ge=10, description="validation questions for squad and squad_v2")
+    ner_train: int = Field(400, ge=10, description="train sentences for conll2003")
+    ner_eval: int = Field(120, ge=10, description="validation and test sentences for conll2003")
+
+
+LocalFormat = Literal["text", "csv", "tsv", "json", "jsonl", "parquet", "glue_tsv", "squad_json", "conll"]
+
+
+class SourceConfig(Section):
+    """One dataset to ingest into data/raw/<name>."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    source: str = Field(description="'hf:<dataset>[:<config>]' or 'local'")
+    format: LocalFormat | None = Field(None, description="local files only")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="local: a path or glob, a list of them, or {split: path}; glue_tsv: the task folder"
+    )
+    task: Literal[TASKS] | None = Field(None, description="validate against (and map to) this task's schema")
+    text_unit: Literal["document", "paragraph", "line"] = Field(
+        "document", description="plain text: a row per file, per blank-line-separated block, or per line"
+    )
+    revision: str | None = Field(None, description="Hub datasets: a git revision to pin")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v != "local" and not re.fullmatch(r"hf:[^:\s]+(:[^:\s]+)?", v):
+            raise ValueError(f"expected 'local' or 'hf:<dataset>[:<config>]', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _local_needs_files(self) -> SourceConfig:
+        if self.source == "local" and (self.format is None or self.data_files is None):
+            raise ValueError("a local source needs both 'format' and 'data_files'")
+        if self.format == "glue_tsv" and self.task not in (None, *_GLUE_NAMES):
+            raise ValueError(f"format glue_tsv needs a GLUE task, got task {self.task!r}")
+        return self
+
+
+_GLUE_NAMES = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+
+
+class IngestConfig(Section):
+    out_dir: str = "data/raw"
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> IngestConfig:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"dataset names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+# ------------------------------------------------------------------------------------- tokenizer
+
+
+class BertTokenizerConfig(Section):
+    vocab_size: int = Field(3000, ge=100, le=1_000_000)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = True
+    strip_accents: bool | None = Field(None, description="None: strip when lowercasing, as BERT does")
+    model_max_length: int = Field(512, ge=8)
+
+
+class GptTokenizerConfig(Section):
+    # Byte-level BPE starts from 256 byte symbols plus the end-of-text token.
+    vocab_size: int = Field(3000, ge=300, le=1_000_000)
+    min_frequency: int = Field(2, ge=1)
+    model_max_length: int = Field(1024, ge=8)
+
+
+class TokenizerConfig(Section):
+    corpus: str = Field("corpus", description="the ingested dataset (a folder in ingest.out_dir) to train on")
+    text_column: str = "text"
+    out_dir: str = "data/tokenizers"
+    metrics: str = "reports/metrics/tokenizer.json"
+    bert: BertTokenizerConfig = Field(default_factory=BertTokenizerConfig)
+    gpt: GptTokenizerConfig = Field(default_factory=GptTokenizerConfig)
+
+
+# ---------------------------------------------------------------------------------------- params
+
+
+class Params(Section):
+    """Everything in params.yaml: one section per stage."""
+
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read params.yaml, apply `section.key=value` overrides, and validate."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LmforgeError(f"{path}: params file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LmforgeError(f"{path}: cannot read params file ({e})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise LmforgeError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise LmforgeError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_params(raw, origin=str(path))
+
+
+def validate_params(raw: dict[str, Any], origin: str = DEFAULT_PARAMS) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise LmforgeError(f"{origin}: {format_validation_error(e)}") from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is read as YAML (`3`, `true`, `[a, b]`, `null`)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise LmforgeError(f"override {item!r}: expected section.key=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    parts = key.strip().split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        dotted = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = _list_item(node, part, dotted)
+            continue
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise LmforgeError(f"override {item!r}: {dotted} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        index = _list_index(node, last, key)
+        node[index] = parsed
+    else:
+        node[last] = parsed
+
+
+def _list_index(node: list, part: str, dotted: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise LmforgeError(f"override: {dotted}: expected an index below {len(node)}, got {part!r}")
+    return int(part)
+
+
+def _list_item(node: list, part: str, dotted: str) -> Any:
+    return node[_list_index(node, part, dotted)]
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """pydantic's errors as `dotted.key: what was expected, got value` lines joined by '; '."""
+    messages = []
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        messages.append(f"{loc}: {_explain(err)}" if loc else _explain(err))
+    return "; ".join(messages)
+
+
+def _explain(err: dict[str, Any]) -> str:
+    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']}, got {got!r}"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}, got {got!r}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']}, got {got!r}"
+    if kind == "less_than":
+        return f"must be < {ctx['lt']}, got {got!r}"
+    if kind == "literal_error":
+        return f"expected one of {ctx['expected']}, got {got!r}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"expected an integer, got {got!r}"
+    if kind in ("float_parsing", "float_type"):
+        return f"expected a number, got {got!r}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"expected true or false, got {got!r}"
+    if kind in ("string_type",):
+        return f"expected a string, got {got!r}"
+    if kind == "string_pattern_mismatch":
+        return f"expected a name matching {ctx['pattern']}, got {got!r}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"expected a mapping of keys, got {got!r}"
+    if kind == "list_type":
+        return f"expected a list, got {got!r}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return f"{err['msg']}, got {got!r}"

@@ -1,0 +1,117 @@
+"""Local files: plain text, CSV/TSV, JSON/JSONL and Parquet through `datasets`' own builders,
+GLUE TSV folders, SQuAD JSON and CoNLL files through lmforge's readers."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from datasets import DatasetDict, load_dataset
+
+from components.config import SourceConfig
+from components.errors import LmforgeError
+
+# lmforge format -> (datasets builder, extra builder kwargs)
+_BUILDERS = {
+    "csv": ("csv", {}),
+    "tsv": ("csv", {"sep": "\t"}),
+    "json": ("json", {}),
+    "jsonl": ("json", {}),
+    "parquet": ("parquet", {}),
+    "text": ("text", {}),
+}
+_TEXT_FORMATS = ("text", "csv", "tsv", "json", "jsonl", "glue_tsv", "squad_json", "conll")
+
+
+def resolve_data_files(data_files: str | list | dict, base: Path) -> dict[str, list[Path]]:
+    """{split: [files]} with globs expanded against `base`; a bare path or list is the train split."""
+    if isinstance(data_files, (str, list)):
+        data_files = {"train": data_files}
+    resolved = {}
+    for split, patterns in data_files.items():
+        files: list[Path] = []
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            full = str(pattern) if Path(pattern).is_absolute() else str(base / pattern)
+            matches = sorted(Path(m) for m in glob.glob(full, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise LmforgeError(f"data_files [{split}]: no file matches {pattern!r} (looked in {base})")
+            files.extend(matches)
+        resolved[split] = files
+    return resolved
+
+
+def check_utf8(path: Path) -> None:
+    """Fail with the file and line of the first byte that is not UTF-8, before a parser trips on it."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise LmforgeError(
+            f"{path} line {line}: byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8; "
+            "expected UTF-8 text (re-encode the file, e.g. with iconv -t utf-8)"
+        ) from None
+
+
+def read_local(cfg: SourceConfig, base: Path) -> DatasetDict:
+    """Read a local source into a DatasetDict (not yet validated against a task)."""
+    if cfg.format == "glue_tsv":
+        from components.data.glue_tsv import read_glue_dir
+
+        folder = Path(cfg.data_files) if isinstance(cfg.data_files, str) else None
+        if folder is None:
+            raise LmforgeError(f"dataset {cfg.name!r}: format glue_tsv needs data_files to be the task folder")
+        folder = folder if folder.is_absolute() else base / folder
+        if cfg.task is None:
+            raise LmforgeError(f"dataset {cfg.name!r}: format glue_tsv needs task (one of the GLUE tasks)")
+        return read_glue_dir(folder, cfg.task)
+
+    files = resolve_data_files(cfg.data_files, base)
+    if cfg.format in _TEXT_FORMATS:
+        for split_files in files.values():
+            for path in split_files:
+                check_utf8(path)
+    if cfg.format == "squad_json":
+        from components.data.squad_json import read_squad_json
+
+        return read_squad_json({split: _single(split, paths, cfg) for split, paths in files.items()})
+    if cfg.format == "conll":
+        from components.data.conll import read_conll
+
+        return read_conll({split: _single(split, paths, cfg) for split, paths in files.items()})
+
+    builder, kwargs = _BUILDERS[cfg.format]
+    if builder == "text":
+        kwargs = {"sample_by": cfg.text_unit}
+    try:
+        data = load_dataset(builder, data_files={s: [str(p) for p in ps] for s, ps in files.items()}, **kwargs)
+    except Exception as e:  # the builders raise parser-specific errors; name the files and the first line
+        message = str(e.__cause__ or e).strip().splitlines()
+        raise LmforgeError(
+            f"dataset {cfg.name!r}: cannot read {cfg.format} files {_names(files)}: "
+            f"{message[0] if message else type(e).__name__}"
+        ) from None
+    if cfg.format == "text":
+        data = data.filter(lambda t: bool(t.strip()), input_columns="text")
+    return data
+
+
+def _single(split: str, paths: list[Path], cfg: SourceConfig) -> Path:
+    if len(paths) != 1:
+        raise LmforgeError(
+            f"dataset {cfg.name!r} [{split}]: format {cfg.format} takes one file per split, got {len(paths)}"
+        )
+    return paths[0]
+
+
+def _names(files: dict[str, list[Path]]) -> str:
+    return ", ".join(str(p) for paths in files.values() for p in paths)
+
+
+def input_files(cfg: SourceConfig, base: Path) -> list[Path]:
+    """The files a local source reads, for the manifest's checksums."""
+    if cfg.format == "glue_tsv":
+        folder = Path(cfg.data_files)
+        folder = folder if folder.is_absolute() else base / folder
+        return sorted(folder.glob("*.tsv"))
+    return [p for paths in resolve_data_files(cfg.data_files, base).values() for p in paths]

@@ -1,0 +1,81 @@
+import pytest
+
+from components.config import Params, apply_override, load_params, validate_params
+from components.errors import LmforgeError
+from tests.conftest import REPO
+
+
+def test_repository_params_are_the_defaults():
+    """params.yaml is the single source of defaults: it must equal the models' own defaults."""
+    assert load_params(REPO / "params.yaml") == Params()
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"tokenizer": {"bert": {"vocab_size": 5}}}, "tokenizer.bert.vocab_size: must be >= 100, got 5"),
+        ({"tokenizer": {"gpt": {"vocab_size": 200}}}, "tokenizer.gpt.vocab_size: must be >= 300, got 200"),
+        ({"tokenizer": {"bogus": 1}}, "tokenizer.bogus: unknown key"),
+        ({"nope": {}}, "nope: unknown key"),
+        ({"ingest": {"demo": {"entities": "many"}}}, "ingest.demo.entities: expected an integer, got 'many'"),
+        ({"ingest": {"demo": {"corpus_documents": 0}}}, "ingest.demo.corpus_documents: must be >= 10, got 0"),
+        ({"ingest": {"demo": {"enabled": "perhaps"}}}, "ingest.demo.enabled: expected true or false"),
+        ({"ingest": {"sources": [{"name": "x", "source": "s3://bucket"}]}}, "ingest.sources.0.source: expected 'local'"),
+        ({"ingest": {"sources": [{"name": "x", "source": "local"}]}}, "needs both 'format' and 'data_files'"),
+        (
+            {"ingest": {"sources": [{"name": "x", "source": "local", "format": "xml", "data_files": "a"}]}},
+            "ingest.sources.0.format: expected one of",
+        ),
+        (
+            {"ingest": {"sources": [{"name": "x", "source": "hf:a", "task": "glue"}]}},
+            "ingest.sources.0.task: expected one of",
+        ),
+        (
+            {"ingest": {"sources": [{"name": "a", "source": "hf:a"}, {"name": "a", "source": "hf:b"}]}},
+            "repeated: a",
+        ),
+        ({"ingest": {"sources": [{"name": "../evil", "source": "hf:a"}]}}, "ingest.sources.0.name: expected a name"),
+    ],
+)
+def test_bad_values_name_the_dotted_key(raw, message):
+    with pytest.raises(LmforgeError, match="params.yaml: ") as err:
+        validate_params(raw)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("tokenizer:\n  bert:\n    vocab_size: 500\n")
+    p = load_params(params, ["tokenizer.bert.vocab_size=800", "tokenizer.bert.lowercase=false", "ingest.demo.seed=7"])
+    assert p.tokenizer.bert.vocab_size == 800
+    assert p.tokenizer.bert.lowercase is False
+    assert p.ingest.demo.seed == 7
+    assert p.tokenizer.gpt.vocab_size == Params().tokenizer.gpt.vocab_size
+
+
+def test_override_into_a_list_and_bad_overrides():
+    raw = {"ingest": {"sources": [{"name": "a", "source": "hf:x"}]}}
+    apply_override(raw, "ingest.sources.0.name=b")
+    assert validate_params(raw).ingest.sources[0].name == "b"
+    with pytest.raises(LmforgeError, match="expected section.key=value"):
+        apply_override({}, "tokenizer.bert.vocab_size")
+    with pytest.raises(LmforgeError, match="expected an index below 1"):
+        apply_override(raw, "ingest.sources.3.name=c")
+
+
+def test_missing_unreadable_and_malformed_params_files(tmp_path):
+    with pytest.raises(LmforgeError, match="params file not found"):
+        load_params(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tokenizer:\n  bert:\n    vocab_size: [1, 2\n")
+    with pytest.raises(LmforgeError, match=r"bad.yaml: line \d+, column \d+: YAML syntax error"):
+        load_params(bad)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("tokenizer: {corpus: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(LmforgeError, match="cannot read params file"):
+        load_params(latin)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(LmforgeError, match="expected a mapping of sections"):
+        load_params(scalar)
