@@ -36,10 +36,26 @@ def _tokenizer(params: Params) -> list[Path]:
     return [*paths.values(), Path(cfg.metrics)]
 
 
+def _pretrain_bert(params: Params) -> list[Path]:
+    from components.pretraining.stages import pretrain_bert
+
+    cfg = params.pretrain.bert
+    return [pretrain_bert(cfg, Path(params.ingest.out_dir) / cfg.corpus, params.tracking), Path(cfg.metrics)]
+
+
+def _pretrain_gpt(params: Params) -> list[Path]:
+    from components.pretraining.stages import pretrain_gpt
+
+    cfg = params.pretrain.gpt
+    return [pretrain_gpt(cfg, Path(params.ingest.out_dir) / cfg.corpus, params.tracking), Path(cfg.metrics)]
+
+
 # Stage name -> function(params) -> output paths. Imports stay inside so `lmforge params` is instant.
 STAGES: dict[str, Callable[[Params], list[Path]]] = {
     "ingest": _ingest,
     "tokenizer": _tokenizer,
+    "pretrain-bert": _pretrain_bert,
+    "pretrain-gpt": _pretrain_gpt,
 }
 
 

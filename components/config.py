@@ -6,6 +6,7 @@ Unknown keys, wrong types and out-of-range values fail at load, naming the dotte
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +122,156 @@ class TokenizerConfig(Section):
     gpt: GptTokenizerConfig = Field(default_factory=GptTokenizerConfig)
 
 
+# ------------------------------------------------------------------------------------- training
+
+# (layers, hidden, heads) as Google's BERT miniatures name them; intermediate = 4 * hidden.
+MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "base": (12, 768, 12),
+}
+
+
+class ModelConfig(Section):
+    """A size preset; any of layers/hidden/heads/intermediate set here overrides it."""
+
+    preset: Literal["tiny", "mini", "small", "base"] = "tiny"
+    num_layers: int | None = Field(None, ge=1, le=96)
+    hidden_size: int | None = Field(None, ge=8, le=16384)
+    num_heads: int | None = Field(None, ge=1, le=256)
+    intermediate_size: int | None = Field(None, ge=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    max_position_embeddings: int = Field(512, ge=8, le=65536)
+
+    @property
+    def sizes(self) -> tuple[int, int, int, int]:
+        """(layers, hidden, heads, intermediate) after overrides."""
+        layers, hidden, heads = MODEL_PRESETS[self.preset]
+        layers, hidden, heads = self.num_layers or layers, self.hidden_size or hidden, self.num_heads or heads
+        return layers, hidden, heads, self.intermediate_size or 4 * hidden
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelConfig:
+        _, hidden, heads, _ = self.sizes
+        if hidden % heads:
+            raise ValueError(f"hidden_size {hidden} must be divisible by num_heads {heads}")
+        return self
+
+
+class TrainConfig(Section):
+    """What Lightning needs to train; the same keys for pretraining and fine-tuning."""
+
+    seed: int = 0
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_steps: int = Field(600, ge=-1, description="-1: run max_epochs instead")
+    max_epochs: int | None = Field(None, ge=1)
+    gradient_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    accumulate_grad_batches: int = Field(1, ge=1)
+    val_every_n_steps: int = Field(100, ge=1)
+    limit_val_batches: int = Field(20, ge=1)
+    checkpoint_every_n_steps: int = Field(50, ge=1)
+    log_every_n_steps: int = Field(10, ge=1)
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = Field("auto", description="auto, ddp, fsdp, deepspeed, ... as Lightning names them")
+    num_nodes: int = Field(1, ge=1)
+    compile: bool = Field(False, description="torch.compile the model")
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _some_stop(self) -> TrainConfig:
+        if self.max_steps == -1 and self.max_epochs is None:
+            raise ValueError("set max_steps > 0 or max_epochs")
+        if self.max_steps == 0:
+            raise ValueError("max_steps must be > 0, or -1 to use max_epochs")
+        return self
+
+
+class MaskingConfig(Section):
+    """BERT's masked LM: which tokens are chosen, and what a chosen token becomes."""
+
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    mask_token: float = Field(0.8, ge=0, le=1, description="share of chosen tokens replaced by [MASK]")
+    random_token: float = Field(0.1, ge=0, le=1, description="share replaced by a random token")
+    keep: float = Field(0.1, ge=0, le=1, description="share left unchanged")
+    whole_word: bool = False
+
+    @model_validator(mode="after")
+    def _shares_sum_to_one(self) -> MaskingConfig:
+        total = self.mask_token + self.random_token + self.keep
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"mask_token + random_token + keep must sum to 1, got {self.mask_token} + "
+                f"{self.random_token} + {self.keep} = {total:g}"
+            )
+        return self
+
+
+class CorpusInput(Section):
+    corpus: str = Field("corpus", description="the ingested dataset (a folder in ingest.out_dir)")
+    text_column: str = "text"
+    num_proc: int = Field(1, ge=1, description="processes for datasets.map tokenization")
+
+
+class BertPretrainConfig(CorpusInput):
+    tokenizer: str = "data/tokenizers/bert"
+    out_dir: str = "models/bert-pretrained"
+    run_dir: str = Field("runs/pretrain-bert", description="checkpoints (last.ckpt) for resuming")
+    metrics: str = "reports/metrics/pretrain_bert.json"
+    plot: str = "reports/plots/pretrain_bert_loss.png"
+    objective: Literal["nsp", "sop", "none"] = "sop"
+    max_seq_length: int = Field(128, ge=16)
+    short_seq_prob: float = Field(0.1, ge=0, le=1, description="share of examples cut shorter, as BERT does")
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _fits_positions(self) -> BertPretrainConfig:
+        if self.max_seq_length > self.model.max_position_embeddings:
+            raise ValueError(
+                f"max_seq_length {self.max_seq_length} exceeds model.max_position_embeddings "
+                f"{self.model.max_position_embeddings}"
+            )
+        return self
+
+
+class GptPretrainConfig(CorpusInput):
+    tokenizer: str = "data/tokenizers/gpt"
+    out_dir: str = "models/gpt-pretrained"
+    run_dir: str = "runs/pretrain-gpt"
+    metrics: str = "reports/metrics/pretrain_gpt.json"
+    plot: str = "reports/plots/pretrain_gpt_loss.png"
+    block_size: int = Field(128, ge=8)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _fits_positions(self) -> GptPretrainConfig:
+        if self.block_size > self.model.max_position_embeddings:
+            raise ValueError(
+                f"block_size {self.block_size} exceeds model.max_position_embeddings {self.model.max_position_embeddings}"
+            )
+        return self
+
+
+class PretrainConfig(Section):
+    bert: BertPretrainConfig = Field(default_factory=BertPretrainConfig)
+    gpt: GptPretrainConfig = Field(default_factory=GptPretrainConfig)
+
+
+class TrackingConfig(Section):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (sqlite:///..., http://...)")
+    experiment: str = "lmforge"
+    enabled: bool = True
+
+
 # ---------------------------------------------------------------------------------------- params
 
 
@@ -129,6 +280,8 @@ class Params(Section):
 
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
@@ -150,6 +303,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | tuple[
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise LmforgeError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    # YAML anchors (`train: *train`) share one dict; an override of one section must not change another.
+    raw = json.loads(json.dumps(raw, default=str))
     for item in overrides:
         apply_override(raw, item)
     return validate_params(raw, origin=str(path))

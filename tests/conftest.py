@@ -32,3 +32,20 @@ def tiny_corpus(tmp_path) -> Path:
         {"train": Dataset.from_dict({"text": CORPUS}), "validation": Dataset.from_dict({"text": CORPUS[:5]})}
     ).save_to_disk(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tokenizers_dir(tmp_path_factory) -> Path:
+    """BERT and GPT tokenizers trained once per session on the tiny corpus: <dir>/bert, <dir>/gpt."""
+    from components.config import TokenizerConfig
+    from components.tokenizer import train_tokenizers
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    corpus = root / "corpus"
+    DatasetDict({"train": Dataset.from_dict({"text": CORPUS}), "validation": Dataset.from_dict({"text": CORPUS[:5]})}
+                ).save_to_disk(str(corpus))
+    cfg = TokenizerConfig.model_validate(
+        {"bert": {"vocab_size": 300, "min_frequency": 1}, "gpt": {"vocab_size": 400, "min_frequency": 1}}
+    )
+    train_tokenizers(cfg, corpus, root, root / "metrics.json")
+    return root

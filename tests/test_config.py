@@ -79,3 +79,10 @@ def test_missing_unreadable_and_malformed_params_files(tmp_path):
     scalar.write_text("just a string\n")
     with pytest.raises(LmforgeError, match="expected a mapping of sections"):
         load_params(scalar)
+
+
+def test_override_of_an_anchored_section_changes_only_that_section():
+    """params.yaml shares `train: *train` between BERT and GPT; -S on one must leave the other."""
+    p = load_params(REPO / "params.yaml", ["pretrain.bert.train.max_steps=7"])
+    assert p.pretrain.bert.train.max_steps == 7
+    assert p.pretrain.gpt.train.max_steps == Params().pretrain.gpt.train.max_steps

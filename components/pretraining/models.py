@@ -1,0 +1,54 @@
+"""`transformers` models built from a size preset, so every checkpoint loads with AutoModel."""
+
+from __future__ import annotations
+
+from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, GPT2Config, GPT2LMHeadModel
+
+from components.config import ModelConfig
+
+
+def bert_config(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> BertConfig:
+    layers, hidden, heads, intermediate = cfg.sizes
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        max_position_embeddings=cfg.max_position_embeddings,
+        type_vocab_size=2,
+        pad_token_id=pad_token_id,
+    )
+
+
+def build_bert(cfg: ModelConfig, vocab_size: int, pad_token_id: int, objective: str):
+    """BertForPreTraining (MLM + a sentence-pair head) or BertForMaskedLM when objective is 'none'."""
+    config = bert_config(cfg, vocab_size, pad_token_id)
+    model_class = BertForMaskedLM if objective == "none" else BertForPreTraining
+    return model_class._from_config(config, attn_implementation="sdpa")
+
+
+def build_gpt(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMHeadModel:
+    layers, hidden, heads, intermediate = cfg.sizes
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=cfg.max_position_embeddings,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_inner=intermediate,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+    )
+    return GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+
+
+def count_flops_per_token(model) -> int:
+    """Training FLOPs per token: 6 * parameters (forward 2N, backward 4N), as in Kaplan et al.;
+    the attention-score term (12 * layers * seq * hidden) is added by the caller, who knows seq."""
+    return 6 * sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,132 @@
+"""The `pretrain-bert` and `pretrain-gpt` stages: corpus + tokenizer in, HF checkpoint + metrics out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from datasets import Dataset, load_from_disk
+from transformers import AutoTokenizer
+
+from components.atomic import write_json
+from components.config import BertPretrainConfig, GptPretrainConfig, TrackingConfig
+from components.errors import LmforgeError
+from components.pretraining.bert_data import build_bert_examples
+from components.pretraining.collate import MaskingCollator, gpt_collate
+from components.pretraining.gpt_data import build_gpt_blocks
+from components.pretraining.models import build_bert, build_gpt, count_flops_per_token
+from components.pretraining.module import BertPretrainModule, GptPretrainModule
+from components.pretraining.trainer import (
+    PretrainDataModule, export, fit, plot_losses, total_steps, unigram_perplexity,
+)
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_bert(cfg: BertPretrainConfig, corpus_dir: Path, tracking: TrackingConfig) -> Path:
+    """Pretrain BERT (masked LM + NSP/SOP or MLM alone); export to cfg.out_dir; return it."""
+    tokenizer = load_tokenizer(cfg.tokenizer, need="mask_token")
+    train_docs, val_docs = load_documents(corpus_dir, cfg.text_column)
+    seed = cfg.train.seed
+    build = dict(tokenizer=tokenizer, max_seq_length=cfg.max_seq_length, objective=cfg.objective,
+                 short_seq_prob=cfg.short_seq_prob, num_proc=cfg.num_proc)
+    train = build_bert_examples(train_docs, seed=seed, **build)
+    val = build_bert_examples(val_docs, seed=seed + 1, **build)
+    check_enough(train, val, cfg.train.batch_size, corpus_dir)
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    model = build_bert(cfg.model, len(tokenizer), tokenizer.pad_token_id, cfg.objective)
+    steps = total_steps(cfg.train, len(train))
+    module = BertPretrainModule(model, cfg.train, steps)
+    data = PretrainDataModule(train, val, MaskingCollator(tokenizer, cfg.masking, seed),
+                              MaskingCollator(tokenizer, cfg.masking, seed + 1), cfg.train,
+                              steps * cfg.train.accumulate_grad_batches)
+    # Attention adds 12 * layers * seq * hidden FLOPs per token on top of 6N (PaLM, appendix B).
+    layers, hidden, _, _ = cfg.model.sizes
+    flops = count_flops_per_token(model) + 12 * layers * cfg.max_seq_length * hidden
+    result = fit(module, data, cfg.train, Path(cfg.run_dir), "pretrain-bert", tracking,
+                 cfg.model_dump(mode="json"), flops)
+    out = export(module.model, tokenizer, Path(cfg.out_dir))
+
+    special = set(tokenizer.all_special_ids)
+    metrics = {
+        **{k.replace("val/", "val_"): v for k, v in result.metrics.items()},
+        "unigram_perplexity": unigram_perplexity(train["input_ids"], val["input_ids"], len(tokenizer), special),
+        "tokens_per_s": result.tokens_per_s,
+        "mfu": result.mfu,
+        "train_examples": len(train),
+    }
+    finish(metrics, result, Path(cfg.metrics), Path(cfg.plot), tracking, "BERT pretraining")
+    return out
+
+
+def pretrain_gpt(cfg: GptPretrainConfig, corpus_dir: Path, tracking: TrackingConfig) -> Path:
+    """Pretrain GPT (causal LM); export to cfg.out_dir; return it."""
+    tokenizer = load_tokenizer(cfg.tokenizer, need="eos_token")
+    train_docs, val_docs = load_documents(corpus_dir, cfg.text_column)
+    train = build_gpt_blocks(train_docs, tokenizer, cfg.block_size, cfg.num_proc)
+    val = build_gpt_blocks(val_docs, tokenizer, cfg.block_size, cfg.num_proc)
+    check_enough(train, val, cfg.train.batch_size, corpus_dir)
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    model = build_gpt(cfg.model, len(tokenizer), tokenizer.eos_token_id)
+    steps = total_steps(cfg.train, len(train))
+    module = GptPretrainModule(model, cfg.train, steps)
+    data = PretrainDataModule(train, val, gpt_collate, gpt_collate, cfg.train,
+                              steps * cfg.train.accumulate_grad_batches)
+    layers, hidden, _, _ = cfg.model.sizes
+    flops = count_flops_per_token(model) + 12 * layers * cfg.block_size * hidden
+    result = fit(module, data, cfg.train, Path(cfg.run_dir), "pretrain-gpt", tracking,
+                 cfg.model_dump(mode="json"), flops)
+    out = export(module.model, tokenizer, Path(cfg.out_dir))
+    metrics = {
+        **{k.replace("val/", "val_"): v for k, v in result.metrics.items()},
+        "unigram_perplexity": unigram_perplexity(train["input_ids"], val["input_ids"], len(tokenizer), set()),
+        "tokens_per_s": result.tokens_per_s,
+        "mfu": result.mfu,
+        "train_blocks": len(train),
+    }
+    finish(metrics, result, Path(cfg.metrics), Path(cfg.plot), tracking, "GPT pretraining")
+    return out
+
+
+def load_tokenizer(path: str, need: str):
+    folder = Path(path)
+    if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
+        raise LmforgeError(f"{folder}: no tokenizer found; run `lmforge stage tokenizer` first")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if getattr(tokenizer, need) is None:
+        raise LmforgeError(f"{folder}: the tokenizer has no {need}; expected the one `lmforge stage tokenizer` writes")
+    return tokenizer
+
+
+def load_documents(corpus_dir: Path, text_column: str) -> tuple[Dataset, Dataset]:
+    """The corpus's train and validation documents (a 5% slice of train when there is no validation)."""
+    from components.tokenizer import load_corpus
+
+    return load_corpus(Path(corpus_dir), text_column)
+
+
+def check_enough(train: Dataset, val: Dataset, batch_size: int, corpus_dir: Path) -> None:
+    if len(train) < batch_size:
+        raise LmforgeError(
+            f"{corpus_dir}: only {len(train)} training examples, fewer than train.batch_size {batch_size}; "
+            "use a larger corpus or a smaller batch"
+        )
+    if len(val) == 0:
+        raise LmforgeError(f"{corpus_dir}: the validation documents make no example; add validation text")
+
+
+def finish(metrics: dict, result, metrics_path: Path, plot_path: Path, tracking: TrackingConfig, title: str) -> None:
+    write_json(metrics_path, metrics)
+    plot_losses(result.history, plot_path, title)
+    if result.run_id is not None:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=tracking.uri)
+        for key in ("unigram_perplexity", "tokens_per_s", "mfu"):
+            client.log_metric(result.run_id, key, metrics[key])
+        client.log_artifact(result.run_id, str(plot_path), "plots")
+        client.log_artifact(result.run_id, str(metrics_path), "reports")
+    log.info("%s: %s", title, metrics)

@@ -1,0 +1,130 @@
+"""Real Lightning runs of both stages on a tiny model: resume, non-finite loss, export, MLflow."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, pipeline
+
+from components.config import BertPretrainConfig, GptPretrainConfig, TrackingConfig
+from components.errors import LmforgeError
+from components.pretraining import stages
+from components.pretraining.module import BertPretrainModule
+from tests.conftest import CORPUS
+
+TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus"
+    DatasetDict({"train": Dataset.from_dict({"text": CORPUS * 4}), "validation": Dataset.from_dict({"text": CORPUS[:10]})}
+                ).save_to_disk(str(path))
+    return path
+
+
+def bert_cfg(tmp_path, tokenizers_dir, name="bert", **train):
+    train = {"max_steps": 12, "batch_size": 8, "val_every_n_steps": 6, "checkpoint_every_n_steps": 4,
+             "log_every_n_steps": 2, "warmup_steps": 2, **train}
+    return BertPretrainConfig.model_validate({
+        "tokenizer": str(tokenizers_dir / "bert"), "out_dir": str(tmp_path / name), "run_dir": str(tmp_path / "runs" / name),
+        "metrics": str(tmp_path / f"{name}.json"), "plot": str(tmp_path / f"{name}.png"),
+        "max_seq_length": 48, "model": TINY, "train": train,
+    })
+
+
+OFF = TrackingConfig(enabled=False)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, corpus, monkeypatch):
+    stages.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir, "straight"), corpus, OFF)
+
+    killed = bert_cfg(tmp_path, tokenizers_dir, "killed")
+    original = BertPretrainModule.training_step
+
+    def crash_at_step_10(self, batch, batch_idx):
+        if self.global_step == 10:
+            raise Crash("killed")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(BertPretrainModule, "training_step", crash_at_step_10)
+    with pytest.raises(Crash):
+        stages.pretrain_bert(killed, corpus, OFF)
+    assert not (tmp_path / "killed").exists()  # nothing exported from the interrupted run
+    assert torch.load(tmp_path / "runs/killed/checkpoints/last.ckpt", weights_only=True)["global_step"] == 8
+
+    monkeypatch.setattr(BertPretrainModule, "training_step", original)
+    stages.pretrain_bert(killed, corpus, OFF)
+    straight, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "killed"))
+    assert resumed["steps"] == straight["steps"] == 12
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-5)
+
+
+def test_non_finite_loss_stops_with_the_step_and_exports_nothing(tmp_path, tokenizers_dir, corpus, monkeypatch):
+    original = BertPretrainModule.losses
+
+    def nan_at_step_3(self, batch):
+        loss, metrics = original(self, batch)
+        return (loss * float("nan"), metrics) if self.global_step == 3 else (loss, metrics)
+
+    monkeypatch.setattr(BertPretrainModule, "losses", nan_at_step_3)
+    with pytest.raises(LmforgeError, match=r"pretrain-bert: training loss became nan at step 3; nothing was exported"):
+        stages.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir), corpus, OFF)
+    assert not (tmp_path / "bert").exists() and not (tmp_path / "bert.json").exists()
+
+
+@pytest.mark.parametrize("objective", ["nsp", "none"])
+def test_bert_export_loads_with_auto_classes_and_fill_mask(tmp_path, tokenizers_dir, corpus, objective):
+    cfg = bert_cfg(tmp_path, tokenizers_dir, max_steps=4)
+    cfg.objective = objective
+    out = stages.pretrain_bert(cfg, corpus, OFF)
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    predictions = pipeline("fill-mask", model=str(out))("talia was born in [MASK].")
+    assert len(predictions) == 5 and all("token_str" in p for p in predictions)
+    metrics = json.loads((tmp_path / "bert.json").read_text())
+    assert ("val_pair_accuracy" in metrics) == (objective == "nsp")
+    assert metrics["unigram_perplexity"] > 1 and metrics["tokens_per_s"] > 0
+
+
+def test_gpt_trains_exports_and_logs_to_mlflow(tmp_path, tokenizers_dir, corpus):
+    import mlflow
+
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test-pretrain")
+    cfg = GptPretrainConfig.model_validate({
+        "tokenizer": str(tokenizers_dir / "gpt"), "out_dir": str(tmp_path / "gpt"), "run_dir": str(tmp_path / "runs/gpt"),
+        "metrics": str(tmp_path / "gpt.json"), "plot": str(tmp_path / "gpt.png"), "block_size": 32, "model": TINY,
+        "train": {"max_steps": 40, "batch_size": 8, "val_every_n_steps": 20, "log_every_n_steps": 5,
+                  "learning_rate": 3e-3, "warmup_steps": 5},
+    })
+    out = stages.pretrain_gpt(cfg, corpus, tracking)
+    generated = pipeline("text-generation", model=str(out))("Talia Brandt", max_new_tokens=5, do_sample=False)
+    assert generated[0]["generated_text"].startswith("Talia Brandt")
+    assert AutoModelForCausalLM.from_pretrained(out).config.n_embd == 64
+
+    metrics = json.loads((tmp_path / "gpt.json").read_text())
+    # A repetitive corpus: 40 steps must already beat the unigram model by far.
+    assert metrics["val_perplexity"] < 0.5 * metrics["unigram_perplexity"]
+
+    client = mlflow.MlflowClient(tracking_uri=tracking.uri)
+    run = client.search_runs([client.get_experiment_by_name("test-pretrain").experiment_id])[0]
+    assert run.data.params["block_size"] == "32" and run.data.params["train.max_steps"] == "40"
+    for key in ("train/loss", "val/loss", "val/perplexity", "train/tokens_per_s", "train/mfu", "unigram_perplexity"):
+        assert key in run.data.metrics, key
+    assert any(key.startswith("lr-AdamW") for key in run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 5
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {"plots/gpt.png"}
