@@ -126,3 +126,35 @@ def test_hub_errors_and_name_parsing(tmp_path):
 def test_nothing_to_ingest(tmp_path):
     with pytest.raises(LmforgeError, match="nothing to ingest"):
         run_ingest(tmp_path)
+
+
+def test_glue_folder_and_squad_json_ingest_into_hub_schemas(tmp_path):
+    rte = tmp_path / "glue_data" / "RTE"
+    rte.mkdir(parents=True)
+    (rte / "train.tsv").write_text(
+        "index\tsentence1\tsentence2\tlabel\n"
+        '0\tHe said "yes" twice.\tHe agreed.\tentailment\n'
+        "1\tThe sky is green.\tThe sky is blue.\tnot_entailment\n"
+    )
+    (rte / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tA cat sat.\tAn animal sat.\tentailment\n")
+    squad = {"version": "v2.0", "data": [{"title": "Velmora", "paragraphs": [{
+        "context": "Velmora lies on the river Ost.",
+        "qas": [
+            {"id": "q1", "question": "Where does Velmora lie?", "is_impossible": False,
+             "answers": [{"text": "on the river Ost", "answer_start": 13}]},
+            {"id": "q2", "question": "Who founded Velmora?", "is_impossible": True, "answers": [],
+             "plausible_answers": [{"text": "Velmora", "answer_start": 0}]},
+        ]}]}]}
+    (tmp_path / "dev-v2.0.json").write_text(json.dumps(squad))
+    out, manifest = run_ingest(
+        tmp_path,
+        {"name": "rte", "source": "local", "format": "glue_tsv", "data_files": "glue_data/RTE", "task": "rte"},
+        {"name": "sq", "source": "local", "format": "squad_json", "data_files": {"validation": "dev-v2.0.json"}},
+    )
+    rte_data = load_from_disk(str(out / "rte"))
+    assert rte_data["train"]["sentence1"][0] == 'He said "yes" twice.'
+    assert rte_data["train"]["label"] == [0, 1] and rte_data["validation"]["idx"] == [0]
+    assert manifest["sq"]["task"] == "squad_v2"
+    sq = load_from_disk(str(out / "sq"))["validation"]
+    assert sq["answers"] == [{"text": ["on the river Ost"], "answer_start": [13]}, {"text": [], "answer_start": []}]
+    assert len(manifest["rte"]["sha256"]) == 2

@@ -15,7 +15,7 @@ from datasets import DatasetDict
 from components.atomic import atomic_dir, write_json
 from components.config import IngestConfig, SourceConfig
 from components.data.hub import infer_hub_task, load_hub, parse_hub_spec
-from components.data.local import input_files, read_local
+from components.data.local import input_files, read_local, resolve_data_files
 from components.data.schemas import GLUE_TASKS, task_features, validate
 from components.errors import LmforgeError
 
@@ -57,7 +57,7 @@ def read_source(source: SourceConfig, base_dir: Path) -> tuple[DatasetDict, dict
     """One configured source as a validated DatasetDict and its manifest entry."""
     if source.source == "local":
         data = read_local(source, base_dir)
-        task = source.task or _local_task(source, data)
+        task = source.task or _local_task(source, base_dir)
         origin = f"dataset {source.name!r} ({source.format} {source.data_files})"
         entry = {
             "source": "local",
@@ -87,13 +87,14 @@ def _with_idx(data: DatasetDict) -> DatasetDict:
     )
 
 
-def _local_task(source: SourceConfig, data: DatasetDict) -> str | None:
+def _local_task(source: SourceConfig, base_dir: Path) -> str | None:
     if source.format == "text":
         return "corpus"
     if source.format == "squad_json":
         from components.data.squad_json import squad_task
 
-        return squad_task(data)
+        files = resolve_data_files(source.data_files, base_dir)
+        return squad_task({split: paths[0] for split, paths in files.items()})
     if source.format == "conll":
         return "conll2003"
     return None
