@@ -118,7 +118,7 @@ def test_no_sentences(tmp_path):
 def test_non_utf8(tmp_path):
     path = tmp_path / "x.txt"
     path.write_bytes(b"EU B-ORG\nM\xfcller B-PER\n")
-    with pytest.raises(LmforgeError, match=r"x\.txt line 2: byte 10 is not UTF-8"):
+    with pytest.raises(LmforgeError, match=r"x\.txt line 2: byte 0xfc at offset 10 is not UTF-8"):
         read_conll({"train": path})
 
 

@@ -210,10 +210,10 @@ def test_answer_start_not_an_integer(tmp_path):
 def test_non_utf8(tmp_path):
     path = tmp_path / "train.json"
     path.write_bytes(b'{"version": "1.1",\n"data": ["caf\xe9"]}')
-    with pytest.raises(LmforgeError, match=r"train\.json line 2: byte 32 is not UTF-8"):
+    with pytest.raises(LmforgeError, match=r"train\.json line 2: byte 0xe9 at offset 32 is not UTF-8"):
         read_squad_json({"train": path})
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(LmforgeError, match=r"nope\.json: cannot read SQuAD file"):
+    with pytest.raises(LmforgeError, match=r"nope\.json: cannot read SQuAD JSON file"):
         read_squad_json({"train": tmp_path / "nope.json"})

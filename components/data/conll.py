@@ -17,6 +17,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Features, List, Value
 
 from components.data.schemas import CONLL_FEATURES, CONLL_NER_TAGS, validate
+from components.data.local import read_utf8
 from components.errors import LmforgeError
 
 ENTITY_TYPES = sorted({t[2:] for t in CONLL_NER_TAGS if t != "O"})
@@ -95,14 +96,6 @@ def _check_tag(tag: str, path: Path, number: int) -> None:
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise LmforgeError(f"{path}: cannot read CoNLL file ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise LmforgeError(f"{path} line {line}: byte {e.start} is not UTF-8; expected a UTF-8 CoNLL file") from None
+    text = read_utf8(path, "CoNLL")
     # split on \n only: str.splitlines() would also break at characters such as U+2028 inside a token
     return [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1)]

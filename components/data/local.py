@@ -40,16 +40,20 @@ def resolve_data_files(data_files: str | list | dict, base: Path) -> dict[str, l
     return resolved
 
 
-def check_utf8(path: Path) -> None:
-    """Fail with the file and line of the first byte that is not UTF-8, before a parser trips on it."""
-    data = path.read_bytes()
+def read_utf8(path: Path, kind: str = "text") -> str:
+    """A file's text (a UTF-8 byte-order mark dropped), or an error naming the file and the line
+    of the first byte that is not UTF-8, before a parser trips on it."""
     try:
-        data.decode("utf-8")
+        data = path.read_bytes()
+    except OSError as e:
+        raise LmforgeError(f"{path}: cannot read {kind} file ({e.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise LmforgeError(
             f"{path} line {line}: byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8; "
-            "expected UTF-8 text (re-encode the file, e.g. with iconv -t utf-8)"
+            f"expected a UTF-8 {kind} file (re-encode it, e.g. with iconv -t utf-8)"
         ) from None
 
 
@@ -70,7 +74,7 @@ def read_local(cfg: SourceConfig, base: Path) -> DatasetDict:
     if cfg.format in _TEXT_FORMATS:
         for split_files in files.values():
             for path in split_files:
-                check_utf8(path)
+                read_utf8(path, cfg.format)
     if cfg.format == "squad_json":
         from components.data.squad_json import read_squad_json
 

@@ -15,6 +15,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from components.data.schemas import SQUAD_FEATURES, validate
+from components.data.local import read_utf8
 from components.errors import LmforgeError
 
 
@@ -75,15 +76,7 @@ def _task_of(docs: dict[Path, dict], questions: dict[Path, list[dict]]) -> str:
 
 
 def _load(path: Path) -> dict:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise LmforgeError(f"{path}: cannot read SQuAD file ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise LmforgeError(f"{path} line {line}: byte {e.start} is not UTF-8; SQuAD files are UTF-8 JSON") from None
+    text = read_utf8(path, "SQuAD JSON")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
