@@ -19,6 +19,7 @@ from components.config import TrackingConfig, TrainConfig
 from components.pretraining.collate import IndexedDataset, ResumableBatchSampler
 from components.pretraining.module import PretrainModule
 from components.pretraining.throughput import ThroughputLogger, measure_peak_flops
+from components.tracking import flatten_params, mlflow_logger
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ def fit(
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     resume = _resumable(run_dir, params)
-    logger = _mlflow_logger(tracking, run_name, run_dir if resume else None)
-    accelerator = _accelerator(cfg.accelerator)
+    logger = mlflow_logger(tracking, run_name, run_dir / "mlflow_run_id" if resume else None)
+    accelerator = resolve_accelerator(cfg.accelerator)
     peak = measure_peak_flops("cuda" if accelerator == "gpu" else "cpu",
                               torch.bfloat16 if "bf16" in cfg.precision else torch.float32)
     throughput = ThroughputLogger(flops_per_token, peak)
@@ -117,7 +118,7 @@ def fit(
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     if logger is not None:
-        logger.log_hyperparams(_flatten(params))
+        logger.log_hyperparams(flatten_params(params))
         (run_dir / "mlflow_run_id").write_text(logger.run_id)
     (run_dir / "params.json").write_text(json.dumps(params, sort_keys=True))
     ckpt = checkpoint_dir / "last.ckpt"
@@ -138,32 +139,10 @@ def _resumable(run_dir: Path, params: dict) -> bool:
     return saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(params, sort_keys=True))
 
 
-def _mlflow_logger(tracking: TrackingConfig, run_name: str, resume_dir: Path | None):
-    if not tracking.enabled:
-        return None
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    run_id = None
-    if resume_dir is not None and (resume_dir / "mlflow_run_id").exists():
-        run_id = (resume_dir / "mlflow_run_id").read_text().strip()
-    return MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=tracking.uri, run_name=run_name,
-                        run_id=run_id, log_model=False)
-
-
-def _accelerator(name: str) -> str:
+def resolve_accelerator(name: str) -> str:
     if name != "auto":
         return name
     return "gpu" if torch.cuda.is_available() else "cpu"
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
