@@ -1,0 +1,35 @@
+"""The built-in demo: a seeded fictional world, its pretraining corpus, and every demo task."""
+
+from __future__ import annotations
+
+import random
+
+from datasets import Dataset, DatasetDict
+
+from components.config import DemoConfig
+from components.data.schemas import GLUE_TASKS, task_features
+from components.data.world import build_corpus, build_world
+from components.data.world_tasks import conll_task, glue_task, squad_task
+
+
+def build_demo(cfg: DemoConfig) -> dict[str, DatasetDict]:
+    """{name: DatasetDict}: `corpus`, the nine GLUE tasks, `squad`, `squad_v2`, `conll2003`.
+
+    Each task draws from its own generator seeded from cfg.seed, so resizing one task leaves the
+    others as they were.
+    """
+    world = build_world(cfg.seed, cfg.entities)
+    rng = lambda name: random.Random(f"{cfg.seed}/{name}")  # noqa: E731
+    corpus = build_corpus(world, cfg.corpus_documents, rng("corpus"))
+    # Held-out documents: more biographies, told with fresh draws of the templates.
+    heldout = build_corpus(world, 0, rng("corpus/validation"))[: max(10, len(corpus) // 20)]
+    data = {"corpus": DatasetDict({
+        "train": Dataset.from_dict({"text": corpus}, features=task_features("corpus")),
+        "validation": Dataset.from_dict({"text": heldout}, features=task_features("corpus")),
+    })}
+    for task in GLUE_TASKS:
+        data[task] = glue_task(task, world, cfg.glue_train, cfg.glue_eval, rng(task))
+    data["squad"] = squad_task(world, cfg.qa_train, cfg.qa_eval, rng("squad"), v2=False)
+    data["squad_v2"] = squad_task(world, cfg.qa_train, cfg.qa_eval, rng("squad_v2"), v2=True)
+    data["conll2003"] = conll_task(world, cfg.ner_train, cfg.ner_eval, rng("conll2003"))
+    return data

@@ -1,0 +1,130 @@
+"""The built-in demo: Hub schemas, determinism, balance, and labels that follow from corpus facts."""
+
+import re
+from collections import Counter
+
+import pytest
+
+from components.config import DemoConfig
+from components.data.demo import build_demo
+from components.data.schemas import GLUE_TASKS, task_features, validate
+from components.data.world import build_world
+
+SMALL = DemoConfig(entities=60, corpus_documents=200, glue_train=120, glue_eval=40, qa_train=60, qa_eval=30,
+                   ner_train=40, ner_eval=20)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_demo(SMALL)
+
+
+@pytest.fixture(scope="module")
+def corpus_text(demo):
+    return " ".join(demo["corpus"]["train"]["text"])
+
+
+def test_every_dataset_has_the_hub_schema_and_splits(demo):
+    assert set(demo) == {"corpus", *GLUE_TASKS, "squad", "squad_v2", "conll2003"}
+    for name, data in demo.items():
+        validate(data, name, "demo")
+        for split in data.values():
+            assert split.features == task_features(name), name
+    assert list(demo["mnli"]) == ["train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]
+    assert set(demo["rte"]["test"]["label"]) == {-1} and set(demo["stsb"]["test"]["label"]) == {-1.0}
+    assert demo["cola"]["validation"]["idx"] == list(range(40))
+
+
+def test_same_seed_same_data_other_seed_other_data(demo):
+    again = build_demo(SMALL)
+    other = build_demo(SMALL.model_copy(update={"seed": 1}))
+    for name in demo:
+        assert demo[name]["train"].to_list() == again[name]["train"].to_list(), name
+        assert demo[name]["train"].to_list() != other[name]["train"].to_list(), name
+
+
+@pytest.mark.parametrize("task", [t for t in GLUE_TASKS if t != "stsb"])
+def test_labels_are_balanced(demo, task):
+    counts = Counter(demo[task]["train"]["label"])
+    assert len(counts) == len(GLUE_TASKS[task].label_names)
+    assert min(counts.values()) / sum(counts.values()) > 0.15
+
+
+def test_stsb_scores_spread_over_the_range(demo):
+    scores = demo["stsb"]["train"]["label"]
+    assert min(scores) < 0.5 and max(scores) > 4.5 and len({round(s) for s in scores}) >= 5
+
+
+def test_eval_rows_are_about_people_not_seen_in_training(demo):
+    world = build_world(SMALL.seed, SMALL.entities)
+    eval_names = {p.name for p in world.people_in("eval")}
+    train_names = {p.name for p in world.people_in("train")}
+    for row in demo["qnli"]["validation"]:
+        assert any(n in row["question"] for n in eval_names)
+        assert not any(n in row["question"] for n in train_names)
+
+
+def test_mnli_and_rte_entailment_follows_from_corpus_facts(demo, corpus_text):
+    world = build_world(SMALL.seed, SMALL.entities)
+    org_city = {o.name: o.city.name for o in world.orgs}
+    city_country = {c.name: c.country.name for c in world.cities}
+    for row in demo["mnli"]["validation_matched"]:
+        org = re.search(r"works at the (.+)\.$", row["premise"]).group(1)
+        if row["label"] != 1:
+            city = re.search(r"works in (.+)\.$", row["hypothesis"]).group(1)
+            assert (city == org_city[org]) == (row["label"] == 0)
+            assert f"The {org} is located in {org_city[org]}." in corpus_text  # stated only in the corpus
+    for row in demo["rte"]["train"]:
+        if "was born in" in row["sentence2"] and row["sentence2"].split()[-1].rstrip(".") in {c.name for c in world.countries}:
+            city = row["sentence1"].split()[-1].rstrip(".")
+            assert (row["sentence2"].split()[-1].rstrip(".") == city_country[city]) == (row["label"] == 0)
+
+
+def test_wnli_needs_genders_the_corpus_states(demo, corpus_text):
+    world = build_world(SMALL.seed, SMALL.entities)
+    gender = {p.name: p.gender for p in world.people}
+    for row in demo["wnli"]["train"]:
+        a, b = re.match(r"(.+) met (.+), and (she|he) gave", row["sentence1"]).group(1, 2)
+        pronoun = re.search(r", and (she|he) gave", row["sentence1"]).group(1)
+        giver = a if (gender[a] == "f") == (pronoun == "she") else b
+        assert (row["sentence2"].startswith(giver)) == (row["label"] == 1)
+    person = world.people[0]
+    assert re.search(rf"{person.name} was born in .{{0,80}}\. {person.he.capitalize()} grew up", corpus_text)
+
+
+def test_biographies_tell_events_in_order(demo):
+    for text in demo["corpus"]["train"]["text"]:
+        if " grew up near " in text and "was born in" in text:
+            assert text.index("was born in") < text.index("grew up") < text.index("studied") < text.index("found work" if "found work" in text else "worked as")
+
+
+def test_squad_offsets_are_exact_and_v2_has_unanswerable(demo):
+    for name in ("squad", "squad_v2"):
+        for row in demo[name]["validation"]:
+            for text, start in zip(row["answers"]["text"], row["answers"]["answer_start"]):
+                assert row["context"][start : start + len(text)] == text
+    unanswerable = sum(not r["answers"]["text"] for r in demo["squad_v2"]["train"])
+    assert 0.2 < unanswerable / len(demo["squad_v2"]["train"]) < 0.45
+    assert all(r["answers"]["text"] for r in demo["squad"]["train"])
+
+
+def test_ner_tags_are_bio_with_every_entity_type(demo):
+    names = task_features("conll2003")["ner_tags"].feature.names
+    seen = set()
+    for row in demo["conll2003"]["train"]:
+        tags = [names[t] for t in row["ner_tags"]]
+        for prev, tag in zip(["O", *tags], tags):
+            if tag.startswith("I-"):
+                assert prev[2:] == tag[2:]
+        seen |= {t[2:] for t in tags if t != "O"}
+    assert seen == {"PER", "ORG", "LOC", "MISC"}
+
+
+def test_corpus_has_chinese_and_two_sense_words(corpus_text):
+    assert "苹果" in corpus_text and "银行" in corpus_text
+    assert "bank of the" in corpus_text and "to the bank to borrow" in corpus_text
+
+
+def test_default_demo_builds_quickly():
+    data = build_demo(DemoConfig())
+    assert len(data["corpus"]["train"]) == DemoConfig().corpus_documents
