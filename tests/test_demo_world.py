@@ -128,3 +128,15 @@ def test_corpus_has_chinese_and_two_sense_words(corpus_text):
 def test_default_demo_builds_quickly():
     data = build_demo(DemoConfig())
     assert len(data["corpus"]["train"]) == DemoConfig().corpus_documents
+
+
+def test_fact_probes_mask_one_fact_stated_nowhere_else_in_the_text():
+    from components.pretraining.probe import candidates, fact_probes
+
+    world = build_world(0, 30)
+    probes = fact_probes(world, seed=0)
+    assert len(probes) > 60
+    for text, answer, relation in probes:
+        assert text.count("[MASK]") == 1 and answer not in text
+    assert candidates(world, "birth_city") == {c.name for c in world.cities}
+    assert fact_probes(world, seed=0) == probes

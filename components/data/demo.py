@@ -21,8 +21,11 @@ def build_demo(cfg: DemoConfig) -> dict[str, DatasetDict]:
     world = build_world(cfg.seed, cfg.entities)
     rng = lambda name: random.Random(f"{cfg.seed}/{name}")  # noqa: E731
     corpus = build_corpus(world, cfg.corpus_documents, rng("corpus"))
-    # Held-out documents: more biographies, told with fresh draws of the templates.
-    heldout = build_corpus(world, 0, rng("corpus/validation"))[: max(10, len(corpus) // 20)]
+    # Held-out documents: the same world told with fresh draws of the templates; a document that
+    # came out word for word as one in train is left out, so validation text is unseen text.
+    seen = set(corpus)
+    heldout = [d for d in build_corpus(world, 0, rng("corpus/validation")) if d not in seen]
+    heldout = heldout[: max(10, len(corpus) // 20)]
     data = {"corpus": DatasetDict({
         "train": Dataset.from_dict({"text": corpus}, features=task_features("corpus")),
         "validation": Dataset.from_dict({"text": heldout}, features=task_features("corpus")),

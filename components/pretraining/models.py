@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, GPT2Config, GPT2LMHeadModel
 
 from components.config import ModelConfig
@@ -48,7 +49,14 @@ def build_gpt(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMHea
     return GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
 
 
-def count_flops_per_token(model) -> int:
-    """Training FLOPs per token: 6 * parameters (forward 2N, backward 4N), as in Kaplan et al.;
-    the attention-score term (12 * layers * seq * hidden) is added by the caller, who knows seq."""
-    return 6 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+def count_flops_per_token(model, seq_len: int, head_fraction: float = 1.0) -> float:
+    """Training FLOPs per token: 6 per non-embedding weight (forward 2, backward 4, Kaplan et al.),
+    the attention scores' 12 * layers * seq * hidden (PaLM, appendix B), and the output projection
+    onto the vocabulary, which BERT's sparse MLM head runs on `head_fraction` of the tokens."""
+    config = model.config
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    body = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in embeddings)
+    output_projection = 6 * config.vocab_size * hidden * head_fraction
+    return 6 * body + 12 * layers * seq_len * hidden + output_projection

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -42,9 +43,7 @@ def pretrain_bert(cfg: BertPretrainConfig, corpus_dir: Path, tracking: TrackingC
     data = PretrainDataModule(train, val, MaskingCollator(tokenizer, cfg.masking, seed),
                               MaskingCollator(tokenizer, cfg.masking, seed + 1), cfg.train,
                               steps * cfg.train.accumulate_grad_batches)
-    # Attention adds 12 * layers * seq * hidden FLOPs per token on top of 6N (PaLM, appendix B).
-    layers, hidden, _, _ = cfg.model.sizes
-    flops = count_flops_per_token(model) + 12 * layers * cfg.max_seq_length * hidden
+    flops = count_flops_per_token(model, cfg.max_seq_length, head_fraction=cfg.masking.mlm_probability)
     result = fit(module, data, cfg.train, Path(cfg.run_dir), "pretrain-bert", tracking,
                  cfg.model_dump(mode="json"), flops)
     out = export(module.model, tokenizer, Path(cfg.out_dir))
@@ -57,6 +56,11 @@ def pretrain_bert(cfg: BertPretrainConfig, corpus_dir: Path, tracking: TrackingC
         "mfu": result.mfu,
         "train_examples": len(train),
     }
+    world = demo_world_of(Path(corpus_dir))
+    if world is not None:  # the corpus is the built-in demo: ask the model its facts
+        from components.pretraining.probe import fill_mask_accuracy
+
+        metrics["fact_probe"] = fill_mask_accuracy(out, *world)
     finish(metrics, result, Path(cfg.metrics), Path(cfg.plot), tracking, "BERT pretraining")
     return out
 
@@ -75,8 +79,7 @@ def pretrain_gpt(cfg: GptPretrainConfig, corpus_dir: Path, tracking: TrackingCon
     module = GptPretrainModule(model, cfg.train, steps)
     data = PretrainDataModule(train, val, gpt_collate, gpt_collate, cfg.train,
                               steps * cfg.train.accumulate_grad_batches)
-    layers, hidden, _, _ = cfg.model.sizes
-    flops = count_flops_per_token(model) + 12 * layers * cfg.block_size * hidden
+    flops = count_flops_per_token(model, cfg.block_size)
     result = fit(module, data, cfg.train, Path(cfg.run_dir), "pretrain-gpt", tracking,
                  cfg.model_dump(mode="json"), flops)
     out = export(module.model, tokenizer, Path(cfg.out_dir))
@@ -89,6 +92,20 @@ def pretrain_gpt(cfg: GptPretrainConfig, corpus_dir: Path, tracking: TrackingCon
     }
     finish(metrics, result, Path(cfg.metrics), Path(cfg.plot), tracking, "GPT pretraining")
     return out
+
+
+def demo_world_of(corpus_dir: Path):
+    """(world, seed) when ingest's manifest says this corpus came from the built-in demo, else None."""
+    manifest = corpus_dir.parent / "manifest.json"
+    if not manifest.exists():
+        return None
+    entry = json.loads(manifest.read_text()).get(corpus_dir.name, {})
+    if entry.get("source") != "demo":
+        return None
+    from components.data.world import build_world
+
+    demo = entry["demo"]
+    return build_world(demo["seed"], demo["entities"]), demo["seed"]
 
 
 def load_tokenizer(path: str, need: str):
@@ -127,6 +144,8 @@ def finish(metrics: dict, result, metrics_path: Path, plot_path: Path, tracking:
         client = mlflow.MlflowClient(tracking_uri=tracking.uri)
         for key in ("unigram_perplexity", "tokens_per_s", "mfu"):
             client.log_metric(result.run_id, key, metrics[key])
+        if "fact_probe" in metrics:
+            client.log_metric(result.run_id, "fact_probe_accuracy", metrics["fact_probe"]["accuracy"])
         client.log_artifact(result.run_id, str(plot_path), "plots")
         client.log_artifact(result.run_id, str(metrics_path), "reports")
     log.info("%s: %s", title, metrics)
