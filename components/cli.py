@@ -50,12 +50,23 @@ def _pretrain_gpt(params: Params) -> list[Path]:
     return [pretrain_gpt(cfg, Path(params.ingest.out_dir) / cfg.corpus, params.tracking), Path(cfg.metrics)]
 
 
+def _finetune(params: Params) -> list[Path]:
+    from components.config import FinetuneRun
+    from components.finetuning.stage import finetune_glue
+
+    cfg = params.finetune
+    run = FinetuneRun(task=cfg.task, model=cfg.model, init=cfg.init, dataset=cfg.dataset)
+    out = finetune_glue(cfg, run, Path(params.ingest.out_dir), params.tracking)
+    return [out, Path(cfg.reports_dir) / f"{run.name}.json"]
+
+
 # Stage name -> function(params) -> output paths. Imports stay inside so `lmforge params` is instant.
 STAGES: dict[str, Callable[[Params], list[Path]]] = {
     "ingest": _ingest,
     "tokenizer": _tokenizer,
     "pretrain-bert": _pretrain_bert,
     "pretrain-gpt": _pretrain_gpt,
+    "finetune": _finetune,
 }
 
 

@@ -184,6 +184,11 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile the model")
     num_workers: int = Field(0, ge=0)
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, v):
+        return str(v) if isinstance(v, int) else v  # `-S ...precision=32` reads as the number 32
+
     @model_validator(mode="after")
     def _some_stop(self) -> TrainConfig:
         if self.max_steps == -1 and self.max_epochs is None:
@@ -266,6 +271,53 @@ class PretrainConfig(Section):
     gpt: GptPretrainConfig = Field(default_factory=GptPretrainConfig)
 
 
+FINETUNE_TASKS = _GLUE_NAMES  # squad, squad_v2 and conll2003 join when their stages land
+
+
+class FinetuneRun(Section):
+    """One fine-tuning run: a task, a model family and where its weights start."""
+
+    task: Literal[FINETUNE_TASKS] = "sst2"
+    model: Literal["bert", "gpt"] = "bert"
+    init: str = Field(
+        "pretrained",
+        description="pretrained (models/<model>-pretrained), scratch (same architecture, random weights), "
+        "or the path of a local Hugging Face checkpoint folder",
+    )
+    dataset: str | None = Field(None, description="the ingested dataset; default: the task's name")
+
+    @property
+    def name(self) -> str:
+        """models/<name>, reports/metrics/<name>.json: e.g. bert-sst2, bert-scratch-sst2."""
+        init = "" if self.init == "pretrained" else f"-{self.init}" if self.init == "scratch" else f"-{Path(self.init).name}"
+        return f"{self.model}{init}-{self.task}"
+
+
+class FinetuneConfig(FinetuneRun):
+    """`lmforge stage finetune` runs the task/model/init at the top; `runs` lists what dvc repro runs."""
+
+    runs: list[FinetuneRun] = Field(default_factory=list)
+    models_dir: str = "models"
+    reports_dir: str = "reports/metrics"
+    predictions_dir: str = "reports/predictions"
+    max_seq_length: int = Field(128, ge=16, le=4096)
+    doc_stride: int = Field(32, ge=1, description="QA: overlap between windows of a long context")
+    max_answer_length: int = Field(30, ge=1)
+    n_best: int = Field(20, ge=1)
+    null_score_threshold: float = Field(0.0, description="squad_v2: predict no answer when null - best > this")
+    patience: int = Field(3, ge=1, description="early stopping: validations without improvement")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(max_steps=-1, max_epochs=4, learning_rate=1e-4, warmup_steps=20,
+                                            val_every_n_steps=50, checkpoint_every_n_steps=50)
+    )
+
+    @model_validator(mode="after")
+    def _doc_stride_fits(self) -> FinetuneConfig:
+        if self.doc_stride >= self.max_seq_length // 2:
+            raise ValueError(f"doc_stride {self.doc_stride} must be below half of max_seq_length {self.max_seq_length}")
+        return self
+
+
 class TrackingConfig(Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (sqlite:///..., http://...)")
     experiment: str = "lmforge"
@@ -281,6 +333,7 @@ class Params(Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

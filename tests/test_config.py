@@ -86,3 +86,8 @@ def test_override_of_an_anchored_section_changes_only_that_section():
     p = load_params(REPO / "params.yaml", ["pretrain.bert.train.max_steps=7"])
     assert p.pretrain.bert.train.max_steps == 7
     assert p.pretrain.gpt.train.max_steps == Params().pretrain.gpt.train.max_steps
+
+
+def test_precision_given_as_a_number_on_the_command_line():
+    p = load_params(REPO / "params.yaml", ["pretrain.bert.train.precision=32", "pretrain.gpt.train.precision=bf16-mixed"])
+    assert p.pretrain.bert.train.precision == "32" and p.pretrain.gpt.train.precision == "bf16-mixed"

@@ -47,7 +47,7 @@ class PretrainModule(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=self.train_cfg.learning_rate, betas=(0.9, 0.98), eps=1e-6,
-                                      fused=_fused_supported(self.device))
+                                      fused=use_fused_adamw(self.device, self.train_cfg))
         scheduler = get_scheduler(
             "constant_with_warmup" if self.train_cfg.schedule == "constant" else self.train_cfg.schedule,
             optimizer,
@@ -159,5 +159,8 @@ class GptPretrainModule(PretrainModule):
         return loss, {}
 
 
-def _fused_supported(device: torch.device) -> bool:
-    return device.type in ("cuda", "cpu", "xpu", "mps")
+def use_fused_adamw(device: torch.device, train: TrainConfig) -> bool:
+    """Fused AdamW where the device has it, except under Lightning's mixed precision with gradient
+    clipping, which Lightning refuses for optimizers that unscale gradients themselves."""
+    mixed_with_clipping = train.precision.endswith("-mixed") and train.gradient_clip > 0
+    return device.type in ("cuda", "cpu", "xpu") and not mixed_with_clipping

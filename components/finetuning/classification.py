@@ -1,0 +1,121 @@
+"""GLUE fine-tuning: BERT or GPT (GPT-1 style) with a sequence-classification head.
+
+Batches are padded only to their longest row and grouped by length, so a batch of short
+sentences costs a short batch: the main saving over padding every row to max_seq_length.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_scheduler
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from components.config import TrainConfig
+from components.data.schemas import GLUE_TASKS
+from components.errors import LmforgeError
+from components.finetuning.metrics import glue_metrics
+from components.pretraining.module import use_fused_adamw
+
+
+def encode_glue(data: Dataset, task: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
+                gpt: bool = False) -> Dataset:
+    """Tokenize a GLUE split: one sentence, or a pair (BERT: [SEP] and token types; GPT: joined
+    by the end-of-text token as delimiter, as GPT-1 joins pairs)."""
+    columns = GLUE_TASKS[task].text_columns
+    missing = [c for c in (*columns, "label") if c not in data.column_names]
+    if missing:
+        raise LmforgeError(f"task {task!r}: dataset has no column(s) {', '.join(missing)} (found {data.column_names})")
+
+    def encode(batch: dict) -> dict:
+        if len(columns) == 1:
+            enc = tokenizer(batch[columns[0]], truncation=True, max_length=max_seq_length)
+        elif gpt:
+            joined = [f"{a}{tokenizer.eos_token}{b}" for a, b in zip(batch[columns[0]], batch[columns[1]])]
+            enc = tokenizer(joined, truncation=True, max_length=max_seq_length)
+        else:
+            enc = tokenizer(batch[columns[0]], batch[columns[1]], truncation="longest_first", max_length=max_seq_length)
+        enc["labels"] = batch["label"]
+        return enc
+
+    encoded = data.map(encode, batched=True, remove_columns=data.column_names, desc=f"tokenize {task}")
+    return encoded.add_column("length", [len(ids) for ids in encoded["input_ids"]])
+
+
+def glue_loader(data: Dataset, tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    columns = [c for c in data.column_names if c != "length"]
+    sampler = (
+        LengthGroupedSampler(batch_size, lengths=data["length"], generator=torch.Generator().manual_seed(seed))
+        if shuffle else None
+    )
+    return DataLoader(data.select_columns(columns), batch_size=batch_size, sampler=sampler, collate_fn=collator,
+                      num_workers=num_workers)
+
+
+class ClassificationModule(L.LightningModule):
+    """Trains a *ForSequenceClassification model; scores each validation pass with GLUE's metrics."""
+
+    def __init__(self, model, task: str, train: TrainConfig, total_steps: int):
+        super().__init__()
+        self.model, self.task, self.train_cfg, self.total_steps = model, task, train, total_steps
+        self.regression = GLUE_TASKS[task].is_regression
+        self._predictions: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self.last_metrics: dict[str, float] = {}
+
+    def forward(self, batch: dict):
+        return self.model(**batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        if not torch.isfinite(loss):
+            raise LmforgeError(f"finetune {self.task}: training loss became {loss.item()} at step {self.global_step}; "
+                               "nothing was exported. Lower finetune.train.learning_rate")
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self(batch)
+        self.log("val/loss", out.loss, prog_bar=True)
+        self._predictions.append(predict(out.logits, self.regression).cpu())
+        self._labels.append(batch["labels"].cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._predictions:
+            return
+        preds, labels = torch.cat(self._predictions).numpy(), torch.cat(self._labels).numpy()
+        self._predictions, self._labels = [], []
+        self.last_metrics = glue_metrics(self.task, preds, labels)
+        for name, value in self.last_metrics.items():
+            self.log(f"val/{name}", value, prog_bar=True)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.train_cfg.learning_rate,
+                                      weight_decay=self.train_cfg.weight_decay,
+                                      fused=use_fused_adamw(self.device, self.train_cfg))
+        scheduler = get_scheduler(
+            "constant_with_warmup" if self.train_cfg.schedule == "constant" else self.train_cfg.schedule,
+            optimizer, num_warmup_steps=min(self.train_cfg.warmup_steps, self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def predict(logits: torch.Tensor, regression: bool) -> torch.Tensor:
+    return logits.squeeze(-1).float() if regression else logits.argmax(-1)
+
+
+@torch.no_grad()
+def predict_dataset(model, loader: DataLoader, regression: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions (class ids or scores) and labels for a whole split, in order."""
+    model.eval()
+    preds, labels = [], []
+    for batch in loader:
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        preds.append(predict(model(**batch).logits, regression).cpu())
+        labels.append(batch["labels"].cpu())
+    return torch.cat(preds).numpy(), torch.cat(labels).numpy()
