@@ -1,0 +1,1 @@
+"""Fine-tuning: GLUE classification (BERT and GPT heads), metrics, checkpoints to start from."""
