@@ -1,0 +1,95 @@
+"""The finetune stage on demo GLUE data with tiny models: outputs, loading, init choices, errors."""
+
+import json
+
+import pytest
+from transformers import AutoModelForSequenceClassification, pipeline
+
+from components.config import BertTokenizerConfig, DemoConfig, FinetuneConfig, FinetuneRun, GptTokenizerConfig, ModelConfig, TrackingConfig
+from components.data.demo import build_demo
+from components.errors import LmforgeError
+from components.finetuning.stage import finetune_glue
+from components.pretraining.models import build_bert, build_gpt
+from components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer
+
+TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
+OFF = TrackingConfig(enabled=False)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """data/raw with demo rte, stsb, sst2; models/{bert,gpt}-pretrained as tiny random models."""
+    root = tmp_path_factory.mktemp("finetune")
+    demo = build_demo(DemoConfig(entities=40, corpus_documents=100, glue_train=64, glue_eval=32))
+    for task in ("rte", "stsb", "sst2", "corpus"):
+        demo[task].save_to_disk(str(root / "raw" / task))
+    texts = demo["corpus"]["train"]
+    bert_tok = train_bert_tokenizer(texts, BertTokenizerConfig(vocab_size=500, min_frequency=1))
+    gpt_tok = train_gpt_tokenizer(texts, GptTokenizerConfig(vocab_size=500, min_frequency=1))
+    for name, model, tok in [("bert", build_bert(TINY, len(bert_tok), bert_tok.pad_token_id, "sop"), bert_tok),
+                             ("gpt", build_gpt(TINY, len(gpt_tok), gpt_tok.eos_token_id), gpt_tok)]:
+        model.save_pretrained(root / "models" / f"{name}-pretrained")
+        tok.save_pretrained(root / "models" / f"{name}-pretrained")
+    return root
+
+
+def config(root, **kwargs) -> FinetuneConfig:
+    return FinetuneConfig.model_validate({
+        "models_dir": str(root / "models"), "reports_dir": str(root / "reports"),
+        "predictions_dir": str(root / "predictions"),
+        "train": {"max_steps": 6, "batch_size": 16, "val_every_n_steps": 3, "warmup_steps": 1}, **kwargs,
+    })
+
+
+def test_bert_on_rte_exports_a_text_classifier_with_metrics_and_predictions(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    run = FinetuneRun(task="rte", model="bert")
+    out = finetune_glue(config(workspace), run, workspace / "raw", OFF)
+    assert out == workspace / "models" / "bert-rte"
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "entailment", 1: "not_entailment"}
+    result = pipeline("text-classification", model=str(out))({"text": "A was born in B.", "text_pair": "A was born in C."})
+    assert result["label"] in ("entailment", "not_entailment")
+    metrics = json.loads((workspace / "reports" / "bert-rte.json").read_text())
+    assert metrics["main_metric"] == "accuracy" and 0 <= metrics["validation"]["accuracy"] <= 1
+    assert metrics["score"] == metrics["validation"]["accuracy"] and metrics["steps"] == 6
+    rows = (workspace / "predictions" / "bert-rte-validation.jsonl").read_text().splitlines()
+    assert len(rows) == 32 and set(json.loads(rows[0])) == {"sentence1", "sentence2", "label", "prediction"}
+
+
+def test_stsb_is_regression_and_scored_by_correlation(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    finetune_glue(config(workspace), FinetuneRun(task="stsb", init="scratch"), workspace / "raw", OFF)
+    metrics = json.loads((workspace / "reports" / "bert-scratch-stsb.json").read_text())
+    assert set(metrics["validation"]) == {"pearson", "spearmanr"} and metrics["main_metric"] == "pearson"
+    model = AutoModelForSequenceClassification.from_pretrained(workspace / "models" / "bert-scratch-stsb")
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+
+
+def test_gpt_head_and_any_local_checkpoint_folder(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    finetune_glue(config(workspace), FinetuneRun(task="sst2", model="gpt"), workspace / "raw", OFF)
+    gpt = AutoModelForSequenceClassification.from_pretrained(workspace / "models" / "gpt-sst2")
+    assert type(gpt).__name__ == "GPT2ForSequenceClassification" and gpt.config.pad_token_id is not None
+    # A local HF folder (here: the model just fine-tuned on sst2, same label count) works as init.
+    run = FinetuneRun(task="sst2", model="gpt", init=str(workspace / "models" / "gpt-sst2"))
+    out = finetune_glue(config(workspace), run, workspace / "raw", OFF)
+    assert out.name == "gpt-gpt-sst2-sst2"
+
+
+def test_bad_inits_fail_clearly(workspace, monkeypatch, tmp_path):
+    monkeypatch.chdir(workspace)
+    with pytest.raises(LmforgeError, match=r"init checkpoint .*nowhere: folder not found"):
+        finetune_glue(config(workspace), FinetuneRun(task="rte", init=str(tmp_path / "nowhere")), workspace / "raw", OFF)
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    (empty / "config.json").write_text((workspace / "models" / "bert-pretrained" / "config.json").read_text())
+    with pytest.raises(LmforgeError, match=r"no model.safetensors \(found config.json\)"):
+        finetune_glue(config(workspace), FinetuneRun(task="rte", init=str(empty)), workspace / "raw", OFF)
+    # A 2-label RTE model cannot start STS-B (1 output) or MNLI (3 labels).
+    finetune_glue(config(workspace), FinetuneRun(task="rte"), workspace / "raw", OFF)
+    with pytest.raises(LmforgeError, match=r"its head has 2 labels \(entailment, not_entailment\) but task 'stsb' has 1"):
+        finetune_glue(config(workspace), FinetuneRun(task="stsb", init=str(workspace / "models" / "bert-rte")),
+                      workspace / "raw", OFF)
+    with pytest.raises(LmforgeError, match=r"dataset .*qnli not found; ingest it first"):
+        finetune_glue(config(workspace), FinetuneRun(task="qnli"), workspace / "raw", OFF)
