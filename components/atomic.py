@@ -34,13 +34,17 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 
 def write_json(path: str | os.PathLike, obj, indent: int = 2) -> Path:
     """Write JSON through a temporary file and an atomic rename."""
+    return write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent, ensure_ascii=False, sort_keys=False)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -296,7 +296,9 @@ class FinetuneRun(Section):
 class FinetuneConfig(FinetuneRun):
     """`lmforge stage finetune` runs the task/model/init at the top; `runs` lists what dvc repro runs."""
 
-    runs: list[FinetuneRun] = Field(default_factory=list)
+    runs: dict[str, FinetuneRun] = Field(
+        default_factory=dict, description="what `dvc repro` fine-tunes: {name: run}, the name as models/<name>"
+    )
     models_dir: str = "models"
     reports_dir: str = "reports/metrics"
     predictions_dir: str = "reports/predictions"
@@ -310,6 +312,13 @@ class FinetuneConfig(FinetuneRun):
         default_factory=lambda: TrainConfig(max_steps=-1, max_epochs=4, learning_rate=1e-4, warmup_steps=20,
                                             val_every_n_steps=50, checkpoint_every_n_steps=50)
     )
+
+    @model_validator(mode="after")
+    def _names_match(self) -> FinetuneConfig:
+        for key, run in self.runs.items():
+            if key != run.name:
+                raise ValueError(f"runs.{key}: a run of {run.model} on {run.task} from {run.init} is named {run.name!r}")
+        return self
 
     @model_validator(mode="after")
     def _doc_stride_fits(self) -> FinetuneConfig:

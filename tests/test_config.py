@@ -5,9 +5,23 @@ from components.errors import LmforgeError
 from tests.conftest import REPO
 
 
-def test_repository_params_are_the_defaults():
-    """params.yaml is the single source of defaults: it must equal the models' own defaults."""
-    assert load_params(REPO / "params.yaml") == Params()
+def dotted_keys(tree, prefix=""):
+    keys = set()
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "runs":
+            keys |= dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def test_repository_params_name_every_parameter():
+    """params.yaml is where users look: every parameter the models know is written out in it."""
+    import yaml
+
+    written = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert dotted_keys(written) == dotted_keys(Params().model_dump(mode="json"))
+    load_params(REPO / "params.yaml")  # and it is valid
 
 
 @pytest.mark.parametrize(
@@ -91,3 +105,10 @@ def test_override_of_an_anchored_section_changes_only_that_section():
 def test_precision_given_as_a_number_on_the_command_line():
     p = load_params(REPO / "params.yaml", ["pretrain.bert.train.precision=32", "pretrain.gpt.train.precision=bf16-mixed"])
     assert p.pretrain.bert.train.precision == "32" and p.pretrain.gpt.train.precision == "bf16-mixed"
+
+
+def test_finetune_run_names_must_match_their_runs():
+    with pytest.raises(LmforgeError, match=r"finetune: runs.bert-rte: a run of bert on rte from scratch is named 'bert-scratch-rte'"):
+        validate_params({"finetune": {"runs": {"bert-rte": {"task": "rte", "init": "scratch"}}}})
+    with pytest.raises(LmforgeError, match=r"finetune.task: expected one of"):
+        validate_params({"finetune": {"task": "glue"}})

@@ -53,8 +53,8 @@ def test_bert_on_rte_exports_a_text_classifier_with_metrics_and_predictions(work
     metrics = json.loads((workspace / "reports" / "bert-rte.json").read_text())
     assert metrics["main_metric"] == "accuracy" and 0 <= metrics["validation"]["accuracy"] <= 1
     assert metrics["score"] == metrics["validation"]["accuracy"] and metrics["steps"] == 6
-    rows = (workspace / "predictions" / "bert-rte-validation.jsonl").read_text().splitlines()
-    assert len(rows) == 32 and set(json.loads(rows[0])) == {"sentence1", "sentence2", "label", "prediction"}
+    rows = (workspace / "predictions" / "bert-rte.jsonl").read_text().splitlines()
+    assert len(rows) == 32 and set(json.loads(rows[0])) == {"split", "sentence1", "sentence2", "label", "prediction"}
 
 
 def test_stsb_is_regression_and_scored_by_correlation(workspace, monkeypatch):

@@ -1,1 +1,1 @@
-"""Fine-tuning: GLUE classification (BERT and GPT heads), metrics, checkpoints to start from."""
+"""Fine-tuning: GLUE classification (BERT and GPT heads), extractive QA, token tagging, their metrics."""

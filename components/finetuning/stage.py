@@ -14,7 +14,7 @@ from datasets import DatasetDict, load_from_disk
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from transformers import BertForSequenceClassification, GPT2ForSequenceClassification
 
-from components.atomic import atomic_dir, write_json
+from components.atomic import atomic_dir, write_json, write_text
 from components.config import FinetuneConfig, FinetuneRun, TrackingConfig
 from components.data.schemas import GLUE_TASKS
 from components.errors import LmforgeError
@@ -93,7 +93,7 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
                                       spec.is_regression)
         results[split] = glue_metrics(run.task, preds, gold)
         predictions[split] = [
-            {**{c: row[c] for c in spec.text_columns}, "label": row["label"], "prediction": p.item()}
+            {"split": split, **{c: row[c] for c in spec.text_columns}, "label": row["label"], "prediction": p.item()}
             for row, p in zip(data[split], preds)
         ]
     metrics = {"task": run.task, "model": run.model, "init": run.init, "main_metric": metric,
@@ -105,10 +105,8 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     write_json(Path(cfg.reports_dir) / f"{run.name}.json", metrics)
-    for split, rows in predictions.items():
-        path = Path(cfg.predictions_dir) / f"{run.name}-{split}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    rows = [row for split_rows in predictions.values() for row in split_rows]
+    write_text(Path(cfg.predictions_dir) / f"{run.name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     if logger is not None:
         import mlflow
 
