@@ -13,10 +13,11 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import BertTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
+from components.data import load_input
 from components.atomic import atomic_dir, write_json
 from components.config import BertTokenizerConfig, GptTokenizerConfig, TokenizerConfig
 from components.errors import LmforgeError
@@ -93,7 +94,7 @@ def load_corpus(corpus_dir: Path, text_column: str) -> tuple[Dataset, Dataset]:
     """The corpus's train split for training and its validation split (or a 5% slice) held out."""
     if not corpus_dir.exists():
         raise LmforgeError(f"{corpus_dir}: corpus not found; run `lmforge stage ingest` first")
-    data = load_from_disk(str(corpus_dir))
+    data = load_input(Path(corpus_dir))
     if "train" not in data:
         raise LmforgeError(f"{corpus_dir}: corpus has no 'train' split (found {', '.join(data)})")
     if text_column not in data["train"].column_names:

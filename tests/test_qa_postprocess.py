@@ -14,7 +14,7 @@ MAX_LEN, STRIDE = 32, 8
 QUESTION = "Where did she open a bakery?"  # [CLS] + 7 tokens + [SEP]: 22 context tokens per window
 SHORT = ("Talia Brandt was born in Velmora in 1972. She studied chemistry at the Orvane Institute. "
          "After that she moved to Kestrel Bay, where she opened a bakery near the river bank.")
-# The same with one more sentence: the answer's first piece "kest" ends window 2, cut from "##rel".
+# The same with one more sentence: window 2 ends in "kest ##rel", the answer without its "bay".
 LONG = SHORT.replace("Institute. ", "Institute. Her brother Oren plays the violin and writes books about rivers. ")
 ANSWER = "Kestrel Bay"
 
@@ -30,7 +30,9 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def examples():
     def row(qid, context, answered=True):
-        answers = {"text": [ANSWER], "answer_start": [context.index(ANSWER)]} if answered else {"text": [], "answer_start": []}
+        answers = {"text": [], "answer_start": []}
+        if answered:
+            answers = {"text": [ANSWER], "answer_start": [context.index(ANSWER)]}
         return {"id": qid, "title": "t", "context": context, "question": "  " + QUESTION, "answers": answers}
 
     rows = [row("short", SHORT), row("long", LONG), row("none", SHORT, answered=False)]
@@ -51,9 +53,9 @@ def test_train_positions_point_at_the_answer_only_where_it_is_whole(examples, to
     for i, (start, end) in enumerate(spans):
         if i in answer_windows:
             assert tokenizer.decode(feats[i]["input_ids"][start:end + 1]) == ANSWER.lower()
-        else:  # no answer, or only "kest" of it (long's second window): both at [CLS]
+        else:  # no answer, or only part of it (long's second window): both at [CLS]
             assert (start, end) == (0, 0)
-    assert tokenizer.decode(feats[3]["input_ids"])[-len("kest [SEP]"):] == "kest [SEP]"
+    assert tokenizer.convert_ids_to_tokens(feats[3]["input_ids"])[-3:] == ["kest", "##rel", "[SEP]"]
     # Not padded in map (the collator pads per batch) unless asked.
     assert min(len(ids) for ids in feats["input_ids"]) < MAX_LEN
     padded = featurize(prepare_train_features, examples, tokenizer, pad=True)
@@ -119,5 +121,6 @@ def test_v2_null_answer_wins_unless_the_threshold_allows_the_span(examples, scor
     # short: null 12 - span 10 = 2 > 0: no answer. long: null 20 - 10 = 10. none: 4 - 10 = -6: the span.
     assert diffs == pytest.approx({"short": 2.0, "long": 10.0, "none": -6.0})
     assert preds == {"short": "", "long": "", "none": ANSWER}
-    assert run(2.0)[0]["short"] == ""  # "no answer" only when the difference is above the threshold
-    assert run(2.5)[0] == {"short": ANSWER, "long": "", "none": ANSWER}
+    assert run(1.9)[0]["short"] == ""
+    # "No answer" only when the difference is above the threshold: 2 is not above 2.
+    assert run(2.0)[0] == {"short": ANSWER, "long": "", "none": ANSWER}

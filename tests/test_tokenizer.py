@@ -76,3 +76,10 @@ def test_empty_corpus_and_missing_column_fail_clearly(tmp_path):
     with pytest.raises(LmforgeError, match="no column 'body'"):
         train_tokenizers(TokenizerConfig(text_column="body"), empty, tmp_path / "tok", tmp_path / "m.json")
     assert not (tmp_path / "tok").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_training_leaves_the_corpus_folder_untouched(tiny_corpus, tmp_path):
+    """DVC hashes the corpus as a dependency: a stage that wrote cache files into it would rerun forever."""
+    before = sorted(str(p.relative_to(tiny_corpus)) for p in tiny_corpus.rglob("*"))
+    train_tokenizers(TokenizerConfig(), tiny_corpus, tmp_path / "tok", tmp_path / "m.json")
+    assert sorted(str(p.relative_to(tiny_corpus)) for p in tiny_corpus.rglob("*")) == before

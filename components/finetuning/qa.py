@@ -122,7 +122,8 @@ def postprocess_predictions(examples: Mapping, features: Mapping, start_logits, 
         null_score, spans = None, []
         for f in windows[example_id]:
             starts, ends, offsets = start_logits[f], end_logits[f], all_offsets[f]
-            # "No answer" is scored by the window most sure of it: the minimum over windows.
+            # "No answer" gets its lowest [CLS] score over the windows (as utils_qa): one window
+            # that sees the answer is enough to make the example answerable.
             cls_score = float(starts[0] + ends[0])
             if null_score is None or cls_score < null_score:
                 null_score = cls_score

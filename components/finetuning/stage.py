@@ -10,10 +10,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from datasets import DatasetDict, load_from_disk
+from datasets import DatasetDict
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from transformers import BertForSequenceClassification, GPT2ForSequenceClassification
 
+from components.data import load_input
 from components.atomic import atomic_dir, write_json, write_text
 from components.config import FinetuneConfig, FinetuneRun, TrackingConfig
 from components.data.schemas import GLUE_TASKS
@@ -31,7 +32,7 @@ def load_task_data(run: FinetuneRun, raw_dir: Path) -> DatasetDict:
     folder = Path(raw_dir) / (run.dataset or run.task)
     if not folder.exists():
         raise LmforgeError(f"task {run.task!r}: dataset {folder} not found; ingest it first (lmforge stage ingest)")
-    return load_from_disk(str(folder))
+    return load_input(folder)
 
 
 def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:

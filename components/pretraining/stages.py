@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 from transformers import AutoTokenizer
 
 from components.atomic import write_json
