@@ -1,5 +1,6 @@
 """`dvc repro` on a fresh copy of the repository: stages run, outputs load, a second repro does nothing."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,12 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import load_from_disk
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
+TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
+FAST = {"max_steps": 20, "batch_size": 8, "val_every_n_steps": 10, "checkpoint_every_n_steps": 10, "warmup_steps": 2}
 SMALL_DEMO = {
     "entities": 40, "corpus_documents": 120, "glue_train": 40, "glue_eval": 20,
     "qa_train": 40, "qa_eval": 20, "ner_train": 40, "ner_eval": 20,
@@ -40,6 +43,13 @@ def project(tmp_path):
     params["ingest"]["demo"].update(SMALL_DEMO)
     params["tokenizer"]["bert"]["vocab_size"] = 500
     params["tokenizer"]["gpt"]["vocab_size"] = 500
+    for model in ("bert", "gpt"):
+        params["pretrain"][model]["model"] = {**params["pretrain"][model]["model"], **TINY}
+        params["pretrain"][model]["train"] = {**params["pretrain"][model]["train"], **FAST}
+    params["finetune"]["runs"] = {"bert-rte": {"task": "rte", "model": "bert", "init": "pretrained"},
+                                  "gpt-sst2": {"task": "sst2", "model": "gpt", "init": "pretrained"}}
+    params["finetune"]["train"] = {**params["finetune"]["train"], "max_epochs": 1}
+    params["tracking"]["uri"] = f"sqlite:///{root}/mlflow.db"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=root)
     sh("git", "add", "-A", cwd=root)
@@ -57,6 +67,12 @@ def test_repro_builds_everything_then_is_a_no_op_and_pushes(project):
     assert AutoTokenizer.from_pretrained(project / "data" / "tokenizers" / "gpt").eos_token == "<|endoftext|>"
     assert (project / "reports" / "metrics" / "tokenizer.json").exists()
     assert "dvc.lock" in os.listdir(project)
+    assert AutoModelForMaskedLM.from_pretrained(project / "models" / "bert-pretrained").config.hidden_size == 64
+    assert AutoModelForCausalLM.from_pretrained(project / "models" / "gpt-pretrained").config.n_layer == 2
+    for name in ("bert-rte", "gpt-sst2"):
+        assert AutoModelForSequenceClassification.from_pretrained(project / "models" / name).num_labels == 2
+        assert "validation" in json.loads((project / "reports" / "metrics" / f"{name}.json").read_text())
+    assert json.loads(sh("dvc", "metrics", "show", "--json", cwd=project))  # DVC reads every metrics file
 
     second = sh("dvc", "repro", cwd=project)
     assert "Running stage" not in second
