@@ -18,7 +18,7 @@ from components.config import TrainConfig
 from components.data.schemas import GLUE_TASKS
 from components.errors import LmforgeError
 from components.finetuning.metrics import glue_metrics
-from components.pretraining.module import use_fused_adamw
+from components.pretraining.module import clip_without_scaler, use_fused_adamw
 
 
 def encode_glue(data: Dataset, task: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
@@ -66,6 +66,9 @@ class ClassificationModule(L.LightningModule):
         self._predictions: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
         self.last_metrics: dict[str, float] = {}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_without_scaler(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def forward(self, batch: dict):
         return self.model(**batch)

@@ -56,6 +56,9 @@ class PretrainModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_without_scaler(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, metrics = self.losses(batch)
         if not torch.isfinite(loss):
@@ -160,7 +163,19 @@ class GptPretrainModule(PretrainModule):
 
 
 def use_fused_adamw(device: torch.device, train: TrainConfig) -> bool:
-    """Fused AdamW where the device has it, except under Lightning's mixed precision with gradient
-    clipping, which Lightning refuses for optimizers that unscale gradients themselves."""
-    mixed_with_clipping = train.precision.endswith("-mixed") and train.gradient_clip > 0
-    return device.type in ("cuda", "cpu", "xpu") and not mixed_with_clipping
+    """Fused AdamW where the device has it, except with fp16's gradient scaler and clipping, where
+    gradients must be unscaled before they are clipped (bf16 has no scaler: see clip_without_scaler)."""
+    scaled_with_clipping = train.precision == "16-mixed" and train.gradient_clip > 0
+    return device.type in ("cuda", "cpu", "xpu") and not scaled_with_clipping
+
+
+def clip_without_scaler(module: L.LightningModule, optimizer, gradient_clip_val, gradient_clip_algorithm) -> None:
+    """Lightning's mixed-precision plugin refuses to clip for a fused optimizer even under bf16,
+    which has no gradient scaler and so nothing to unscale: clip directly there."""
+    if gradient_clip_val and getattr(module.trainer.precision_plugin, "scaler", None) is None:
+        if gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(module.parameters(), gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_value_(module.parameters(), gradient_clip_val)
+        return
+    module.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
