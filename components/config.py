@@ -34,7 +34,8 @@ class DemoConfig(Section):
 
     enabled: bool = Field(True, description="generate the built-in demo datasets")
     seed: int = 0
-    entities: int = Field(240, ge=20, description="people in the fictional world; places and orgs scale with it")
+    # 40 people: few enough that a tiny BERT learns their facts in a few CPU minutes.
+    entities: int = Field(40, ge=20, description="people in the fictional world; places and orgs scale with it")
     corpus_documents: int = Field(1500, ge=10, description="documents in the pretraining corpus")
     glue_train: int = Field(400, ge=10, description="train rows per GLUE task")
     glue_eval: int = Field(120, ge=10, description="validation and test rows per GLUE task")
@@ -235,7 +236,8 @@ class BertPretrainConfig(CorpusInput):
     short_seq_prob: float = Field(0.1, ge=0, le=1, description="share of examples cut shorter, as BERT does")
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    # Masked LM learns from 15% of the tokens: it needs more steps than GPT to learn the facts.
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=2500, learning_rate=2e-3))
 
     @model_validator(mode="after")
     def _fits_positions(self) -> BertPretrainConfig:
@@ -255,7 +257,7 @@ class GptPretrainConfig(CorpusInput):
     plot: str = "reports/plots/pretrain_gpt_loss.png"
     block_size: int = Field(128, ge=8)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=1500, learning_rate=2e-3))
 
     @model_validator(mode="after")
     def _fits_positions(self) -> GptPretrainConfig:
