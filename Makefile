@@ -29,6 +29,7 @@ setup: $(VENV)/.installed
 # dvc runs each stage's `lmforge stage ...` command, so the venv's bin must be on PATH.
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/dvc repro
+	$(BIN)/dvc metrics show
 
 # Every test, the slow end-to-end ones included (what CI runs).
 test: setup
