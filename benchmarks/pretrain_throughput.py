@@ -1,8 +1,11 @@
 """Pretraining throughput: lmforge's Lightning training steps against the Hugging Face Trainer set
 up as the `transformers` example scripts run_mlm.py / run_clm.py set it up by default.
 
-Same model sizes, corpus, batch shape, learning rate and seed on both sides, in one process.
-Prints a table and writes reports/bench/pretrain_throughput.json.
+Same model sizes, corpus, batch size, learning rate, warm-up and seed on both sides, in one
+process. The contestants (lmforge eager, lmforge compiled, the reference) take turns on one
+thread: each trains `--window` steps, then hands over to the next (order A B C, C B A, ...), so
+load from outside hits all of them alike. Steps before `--warmup` are not timed. Prints a table
+and writes reports/bench/pretrain_throughput.json.
 
     python benchmarks/pretrain_throughput.py [--preset mini] [--steps 60] [--warmup 10]
 """
@@ -11,22 +14,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
+import random
 import tempfile
 import time
 from itertools import chain
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import datasets  # noqa: E402
 import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from transformers import (  # noqa: E402
-    BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments,
-    default_data_collator,
+    BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel, PrinterCallback, Trainer, TrainerCallback,
+    TrainingArguments, default_data_collator,
 )
+from transformers.utils import logging as hf_logging  # noqa: E402
 
 from components.config import BertTokenizerConfig, DemoConfig, GptTokenizerConfig, MaskingConfig, ModelConfig, TrainConfig  # noqa: E402
 from components.data.demo import build_demo  # noqa: E402
@@ -35,160 +45,373 @@ from components.pretraining.collate import MaskingCollator, gpt_collate  # noqa:
 from components.pretraining.gpt_data import build_gpt_blocks  # noqa: E402
 from components.pretraining.models import build_bert, build_gpt, count_flops_per_token  # noqa: E402
 from components.pretraining.module import BertPretrainModule, GptPretrainModule  # noqa: E402
-from components.pretraining.throughput import measure_peak_flops  # noqa: E402
-from components.pretraining.trainer import PretrainDataModule  # noqa: E402
+from components.pretraining.throughput import ThroughputLogger, measure_peak_flops  # noqa: E402
+from components.pretraining.trainer import PretrainDataModule, resolve_accelerator, unwrap  # noqa: E402
 from components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer  # noqa: E402
+
+try:  # installed with SQLAlchemy (mlflow, prefect); without it the contestants run one after another
+    import greenlet
+except ImportError:  # pragma: no cover
+    greenlet = None
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+REFERENCE = "reference 32"
 
 
 def bf16_available() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()) or "avx512_bf16" in _cpu_flags()
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
-def _cpu_flags() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
+# ---------------------------------------------------------------------------- taking turns
 
 
-class StepTimer(L.Callback):
-    """Tokens (non-padding) and seconds from the start of step `warmup` to the end of the last step."""
+class Turns:
+    """Round-robin among contestants on one OS thread, as greenlets: one OpenMP thread pool, as a
+    run alone has (threads would each start their own pool and slow every contestant down)."""
 
-    def __init__(self, warmup: int):
-        self.warmup, self.tokens, self.start, self.end, self.losses = warmup, 0, None, None, []
+    def __init__(self, contestants: list):
+        self.contestants = contestants
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.global_step == self.warmup and self.start is None:
-            self.start = time.perf_counter()
+    def hand_over(self) -> None:
+        if greenlet is not None and greenlet.getcurrent().parent is not None:
+            greenlet.getcurrent().parent.switch()
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
+    def run(self) -> list:
+        if greenlet is None:
+            return [contestant(self) for contestant in self.contestants]
+        lets = [greenlet.greenlet(lambda c=c: c(self)) for c in self.contestants]
+        results, order = [None] * len(lets), list(range(len(lets)))
+        while any(not g.dead for g in lets):
+            for i in order:
+                if not lets[i].dead:
+                    result = lets[i].switch()  # an exception in a contestant is raised here
+                    if lets[i].dead:
+                        results[i] = result
+            order.reverse()  # A B C, C B A: no contestant always follows the same one
+        return results
+
+
+class Clock:
+    """One contestant's steps: losses, and the seconds and tokens of the steps after warm-up.
+
+    Every `window` steps past warm-up it hands over; process-wide state (random generators, the
+    deterministic-algorithms flags) is kept across the hand-over, so each trains as it would alone.
+    """
+
+    def __init__(self, turns: Turns, args: argparse.Namespace):
+        self.turns, self.total, self.warmup, self.window = turns, args.steps, args.warmup, args.window
+        self.done, self.steps, self.tokens, self.positions, self.sequences, self.seconds = 0, 0, 0, 0, 0, 0.0
+        self.losses: list[torch.Tensor] = []
+        self.start, self.created, self.warmup_seconds = None, time.perf_counter(), 0.0
+
+    def step_end(self, batch: dict, loss: torch.Tensor) -> None:
+        self.losses.append(loss.detach().float())
+        self.done += 1
         if self.start is not None:
-            mask = batch.get("attention_mask")
-            self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-            self.end = time.perf_counter()
+            _sync()
+            self.seconds += time.perf_counter() - self.start
+            tokens, positions, sequences = tokens_of(batch)
+            self.steps, self.tokens = self.steps + 1, self.tokens + tokens
+            self.positions, self.sequences = self.positions + positions, self.sequences + sequences
+        if self.done == self.warmup:
+            _sync()
+            self.warmup_seconds = time.perf_counter() - self.created  # set-up, first steps, compilation
+        past = self.done - self.warmup
+        if self.done < self.total and past >= 0 and past % self.window == 0:
+            state = global_state()
+            self.turns.hand_over()
+            restore_global_state(state)
+        # The next step, its data loading included, is timed.
+        self.start = time.perf_counter() if self.warmup <= self.done < self.total else None
+
+    def final_loss(self, last: int = 10) -> float:
+        return float(torch.stack(self.losses[-last:]).mean())
 
 
-class HFStepTimer(TrainerCallback):
-    def __init__(self, warmup: int, tokens_per_step: int):
-        self.warmup, self.tokens_per_step, self.start, self.end, self.steps = warmup, tokens_per_step, None, None, 0
-        self.losses: list[float] = []
+def tokens_of(batch: dict) -> tuple[int, int, int]:
+    """(non-padding tokens, positions computed, sequences) of a batch, counted alike for both sides."""
+    mask, ids = batch.get("attention_mask"), batch["input_ids"]
+    return (int(mask.sum()) if mask is not None else ids.numel()), ids.numel(), ids.shape[0]
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.warmup and self.start is None:
-            self.start = time.perf_counter()
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def global_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state(),
+             "grad": torch.is_grad_enabled(), "fill": torch.utils.deterministic.fill_uninitialized_memory,
+             "deterministic": (torch.are_deterministic_algorithms_enabled(),
+                               torch.is_deterministic_algorithms_warn_only_enabled())}
+    return {**state, "cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else state
+
+
+def restore_global_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_grad_enabled(state["grad"])
+    torch.utils.deterministic.fill_uninitialized_memory = state["fill"]
+    torch.use_deterministic_algorithms(state["deterministic"][0], warn_only=state["deterministic"][1])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------- the two sides
+
+
+def lmforge_contestant(kind, build_model, train, collate, cfg: TrainConfig, args, flops_for, peak):
+    """lmforge's path: its LightningModule and DataModule under a Trainer set up as `fit()` sets it
+    up, without checkpointing, MLflow, validation and the progress bar."""
+
+    def contest(turns: Turns) -> dict:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        model = build_model()
+        module = (BertPretrainModule if kind == "bert" else GptPretrainModule)(model, cfg, args.steps)
+        data = PretrainDataModule(train, train, collate, collate, cfg, args.steps)
+        clock, accelerator = Clock(turns, args), resolve_accelerator(cfg.accelerator)
+        timer = L.Callback()
+        timer.on_train_batch_end = lambda trainer, module, outputs, batch, i: clock.step_end(batch, outputs["loss"])
+        callbacks = [ThroughputLogger(flops_for(model, args.seq_len), peak), timer]
+        with tempfile.TemporaryDirectory() as root:
+            trainer = L.Trainer(
+                max_steps=args.steps, max_epochs=-1, accelerator=accelerator, devices=cfg.devices,
+                strategy=cfg.strategy, num_nodes=cfg.num_nodes, precision=cfg.precision,
+                accumulate_grad_batches=cfg.accumulate_grad_batches, gradient_clip_val=cfg.gradient_clip or None,
+                val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None, limit_val_batches=0,
+                num_sanity_val_steps=0, log_every_n_steps=cfg.log_every_n_steps, use_distributed_sampler=False,
+                deterministic=accelerator == "cpu", logger=False, callbacks=callbacks, default_root_dir=root,
+                enable_model_summary=False, enable_checkpointing=False, enable_progress_bar=False,
+            )
+            trainer.fit(module, datamodule=data)
+        return {"model": unwrap(module.model), "clock": clock}
+
+    return contest
+
+
+class _HFClock(TrainerCallback):
+    """Steps end in the Trainer's callback; tokens and loss are read by hooks on the model's forward,
+    so the Trainer needs no logging."""
+
+    def __init__(self, clock: Clock, model: torch.nn.Module):
+        self.clock, self.batch, self.loss = clock, None, None
+        model.register_forward_pre_hook(self._inputs, with_kwargs=True)
+        model.register_forward_hook(self._outputs)
+
+    def _inputs(self, module, args, kwargs):
+        if module.training:
+            self.batch = {k: kwargs[k] for k in ("input_ids", "attention_mask") if k in kwargs}
+
+    def _outputs(self, module, args, output):
+        if module.training:
+            self.loss = output.loss.detach()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.start is not None:
-            self.steps += 1
-            self.end = time.perf_counter()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.losses.append(logs["loss"])
+        self.clock.step_end(self.batch, self.loss)
 
 
-def run_lmforge(kind, model, train, collate, cfg: TrainConfig, steps, warmup, precision):
-    module_class = BertPretrainModule if kind == "bert" else GptPretrainModule
-    module = module_class(model, cfg, steps)
-    data = PretrainDataModule(train, train, collate, collate, cfg, steps)
-    timer = StepTimer(warmup)
-    trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="auto", devices=1, precision=precision,
-                        gradient_clip_val=cfg.gradient_clip, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[timer], use_distributed_sampler=False, num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=data)
-    return timer.tokens / (timer.end - timer.start), sum(timer.losses[-10:]) / len(timer.losses[-10:])
+# run_mlm.py / run_clm.py train from scratch on the model type's default config with these overridden.
+SIZES = {"bert": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "max_position_embeddings", "pad_token_id"),
+         "gpt": ("vocab_size", "n_embd", "n_layer", "n_head", "n_inner", "n_positions", "bos_token_id", "eos_token_id")}
 
 
-def run_reference(model, dataset, collator, seq_len, cfg: TrainConfig, steps, warmup):
-    """HF Trainer with run_mlm.py / run_clm.py's defaults: fp32, the default optimizer, no compile."""
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=cfg.batch_size, max_steps=steps,
-            learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.gradient_clip, seed=cfg.seed, report_to="none", save_strategy="no",
-            logging_steps=1, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-        )
-        timer = HFStepTimer(warmup, cfg.batch_size * seq_len)
-        Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[timer]).train()
-    return timer.steps * timer.tokens_per_step / (timer.end - timer.start), sum(timer.losses[-10:]) / len(timer.losses[-10:])
+def reference_contestant(kind, ours_config, dataset, collator, cfg: TrainConfig, args):
+    """HF Trainer with run_mlm.py / run_clm.py's defaults: the model type's default config (dropout 0.1,
+    GPT-2's gelu_new, ...) at lmforge's sizes; fp32, the default optimizer, no compile; batch size,
+    learning rate, warm-up and seed as lmforge's; no logging, saving or evaluation."""
+    config = type(ours_config)(**{key: getattr(ours_config, key) for key in SIZES[kind]})
+
+    def contest(turns: Turns) -> dict:
+        clock = Clock(turns, args)
+        with tempfile.TemporaryDirectory() as out:
+            training = TrainingArguments(
+                output_dir=out, per_device_train_batch_size=cfg.batch_size, max_steps=args.steps,
+                learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
+                report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
+                use_cpu=DEVICE == "cpu",
+            )
+            torch.manual_seed(cfg.seed)  # run_*.py builds the model after set_seed(training_args.seed)
+            model = (BertForMaskedLM if kind == "bert" else GPT2LMHeadModel)._from_config(config)
+            trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=collator,
+                              callbacks=[_HFClock(clock, model)])
+            trainer.remove_callback(PrinterCallback)  # its summary line after training, not timed anyway
+            trainer.train()
+        return {"model": model, "clock": clock}
+
+    return contest
 
 
-def group_texts(examples, block_size):
+# ---------------------------------------------------------------------------- data and held-out loss
+
+
+def group_texts(examples: dict, block_size: int) -> dict:
     """run_mlm.py / run_clm.py's group_texts: concatenate, then cut into blocks (the tail dropped)."""
     concatenated = {k: list(chain(*examples[k])) for k in examples}
     total = len(concatenated["input_ids"]) // block_size * block_size
     return {k: [t[i : i + block_size] for i in range(0, total, block_size)] for k, t in concatenated.items()}
 
 
-def main(argv=None) -> dict:
+def reference_data(kind: str, docs, tokenizer, seq_len: int):
+    """run_mlm.py's (special-tokens mask kept for the collator) or run_clm.py's (labels = inputs) blocks."""
+    if kind == "bert":
+        return docs.map(lambda b: tokenizer(b["text"], return_special_tokens_mask=True), batched=True,
+                        remove_columns=["text"]).map(group_texts, batched=True, fn_kwargs={"block_size": seq_len})
+    return docs.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"]).map(
+        group_texts, batched=True, fn_kwargs={"block_size": seq_len}).map(
+        lambda b: {"labels": b["input_ids"]}, batched=True)
+
+
+def heldout_batches(kind: str, val_docs, tokenizer, seq_len: int, draws: int = 4) -> dict[str, list[dict]]:
+    """The validation documents in each side's format; for BERT, `draws` fixed maskings of them."""
+    if kind == "gpt":
+        ours, ref = build_gpt_blocks(val_docs, tokenizer, seq_len), reference_data("gpt", val_docs, tokenizer, seq_len)
+        return {"lmforge_format": [gpt_collate(list(ours))],
+                "reference_format": [{"input_ids": torch.tensor(ref["input_ids"])}]}
+    ours = build_bert_examples(val_docs, tokenizer, seq_len, "none", 0.0, seed=1)
+    ref = reference_data("bert", val_docs, tokenizer, seq_len)
+    masker, ref_masker = MaskingCollator(tokenizer, MaskingConfig(), seed=1), DataCollatorForLanguageModeling(tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        return {"lmforge_format": [masker([{**ex, "batch_no": d} for ex in ours]) for d in range(draws)],
+                "reference_format": [ref_masker(list(ref)) for _ in range(draws)]}
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, kind: str, batches: list[dict]) -> float:
+    """Token-weighted mean loss, fp32, eval mode: on masked positions (BERT) or next tokens (GPT)."""
+    model = model.float().eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        inputs = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        labels = batch.get("labels", batch["input_ids"]).to(model.device)
+        logits = model(**inputs).logits
+        if kind == "gpt":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        total += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum"))
+        count += int((labels != -100).sum())
+    return total / count
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="mini")
-    parser.add_argument("--hidden", type=int, default=None)
-    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--preset", default="mini", choices=["tiny", "mini", "small", "base"])
+    parser.add_argument("--hidden", type=int, default=None, help="override the preset's hidden size (heads = hidden/64)")
+    parser.add_argument("--layers", type=int, default=None, help="override the preset's layers")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing (and LR warm-up)")
+    parser.add_argument("--window", type=int, default=10, help="timed steps per turn before handing over")
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--compile", action="store_true", help="torch.compile lmforge's model")
+    parser.add_argument("--precision", default="auto",
+                        help="lmforge's: auto (bf16-mixed where supported, else 32), or a comma-separated list")
+    parser.add_argument("--compile", default="both", choices=["off", "on", "both"], help="torch.compile lmforge's model")
+    parser.add_argument("--models", default="bert,gpt")
+    parser.add_argument("--documents", type=int, default=1500, help="demo corpus documents")
+    parser.add_argument("--vocab", type=int, default=3000)
+    parser.add_argument("--peak-seconds", type=float, default=1.0, help="seconds of matmul per measured peak")
     parser.add_argument("--out", default="reports/bench/pretrain_throughput.json")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    heads = None if args.hidden is None else max(1, args.hidden // 64)
-    model_cfg = ModelConfig(preset=args.preset, hidden_size=args.hidden, num_layers=args.layers, num_heads=heads, dropout=0.1)
-    cfg = TrainConfig(batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup, max_steps=args.steps,
-                      seed=0, compile=args.compile)
-    precision = "bf16-mixed" if bf16_available() else "32"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    peaks = {"fp32": measure_peak_flops(device, torch.float32)}
-    if bf16_available():
-        peaks["bf16"] = measure_peak_flops(device, torch.bfloat16)
 
-    corpus = build_demo(DemoConfig(entities=40, corpus_documents=1500))["corpus"]["train"]
-    bert_tok = train_bert_tokenizer(corpus, BertTokenizerConfig(vocab_size=3000))
-    gpt_tok = train_gpt_tokenizer(corpus, GptTokenizerConfig(vocab_size=3000))
-    results = {}
+def bench_model(kind: str, args, model_cfg: ModelConfig, corpus, peaks: dict, precisions: list[str]) -> dict:
+    """Race lmforge's variants against the reference on one model; their rows and ratios."""
+    docs = corpus["train"]
+    if kind == "bert":  # masked LM alone on both sides: run_mlm.py trains BertForMaskedLM, no sentence pairs
+        tokenizer = train_bert_tokenizer(docs, BertTokenizerConfig(vocab_size=args.vocab))
+        train = build_bert_examples(docs, tokenizer, args.seq_len, "none", 0.1, seed=0)
+        collate, ref_collate = MaskingCollator(tokenizer, MaskingConfig(), seed=0), DataCollatorForLanguageModeling(tokenizer)
+        build_model = lambda: build_bert(model_cfg, len(tokenizer), tokenizer.pad_token_id, "none")  # noqa: E731
+        flops_for = lambda m, s: count_flops_per_token(m, s, head_fraction=0.15)  # noqa: E731 - sparse MLM head
+    else:  # causal LM on blocks of seq_len, no padding on either side
+        tokenizer = train_gpt_tokenizer(docs, GptTokenizerConfig(vocab_size=args.vocab))
+        train, collate, ref_collate = build_gpt_blocks(docs, tokenizer, args.seq_len), gpt_collate, default_data_collator
+        build_model = lambda: build_gpt(model_cfg, len(tokenizer), tokenizer.eos_token_id)  # noqa: E731
+        flops_for = count_flops_per_token
+    names, contestants = [], []
+    for precision in precisions:
+        for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
+            cfg = TrainConfig(batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup,
+                              max_steps=args.steps, seed=0, precision=precision, compile=compiled)
+            peak = peaks["bf16" if "bf16" in precision else "fp32"]
+            names.append(f"lmforge {precision}{' compiled' if compiled else ''}")
+            contestants.append(lmforge_contestant(kind, build_model, train, collate, cfg, args, flops_for, peak))
+    names.append(REFERENCE)
+    contestants.append(reference_contestant(kind, build_model().config, reference_data(kind, docs, tokenizer, args.seq_len),
+                                            ref_collate, cfg.model_copy(update={"precision": "32", "compile": False}), args))
+    raced = Turns(contestants).run()
 
-    # BERT: masked LM alone on both sides (run_mlm.py trains BertForMaskedLM, no sentence-pair task).
-    ours = build_bert_examples(corpus, bert_tok, args.seq_len, "none", 0.1, seed=0)
-    L.seed_everything(0, verbose=False)
-    model = build_bert(model_cfg, len(bert_tok), bert_tok.pad_token_id, "none")
-    flops = count_flops_per_token(model, args.seq_len, head_fraction=0.15)
-    lm_speed, lm_loss = run_lmforge("bert", model, ours, MaskingCollator(bert_tok, MaskingConfig(), 0), cfg,
-                                    args.steps, args.warmup, precision)
-    ref_data = corpus.map(lambda b: bert_tok(b["text"], return_special_tokens_mask=True), batched=True,
-                          remove_columns=["text"]).map(group_texts, batched=True, fn_kwargs={"block_size": args.seq_len})
-    L.seed_everything(0, verbose=False)
-    ref_model = BertForMaskedLM._from_config(model.config)
-    ref_speed, ref_loss = run_reference(ref_model, ref_data, DataCollatorForLanguageModeling(bert_tok, mlm_probability=0.15),
-                                        args.seq_len, cfg, args.steps, args.warmup)
-    ref_flops = count_flops_per_token(ref_model, args.seq_len)  # the reference projects every position
-    results["bert"] = summarise(lm_speed, lm_loss, ref_speed, ref_loss, flops, ref_flops, peaks, precision)
+    heldout = heldout_batches(kind, corpus["validation"], tokenizer, args.seq_len)
+    rows = {}
+    for name, result in zip(names, raced):
+        clock, model = result["clock"], result["model"]
+        mean_len = clock.positions / max(clock.sequences, 1)
+        # Useful FLOPs per trained token; the reference projects every position onto the vocabulary.
+        flops = count_flops_per_token(model, mean_len) if name == REFERENCE else flops_for(model, mean_len)
+        speed = clock.tokens / clock.seconds
+        losses = {fmt: heldout_loss(model, kind, batches) for fmt, batches in heldout.items()}
+        rows[name] = {
+            "tokens_per_s": speed, "timed_steps": clock.steps, "timed_seconds": clock.seconds,
+            "warmup_seconds": clock.warmup_seconds, "tokens_per_step": clock.tokens / max(clock.steps, 1),
+            "mean_sequence_length": mean_len, "final_loss": clock.final_loss(),
+            "heldout_loss": sum(losses.values()) / len(losses), "heldout_loss_by_format": losses,
+            "flops_per_token": flops, "mfu": {p: speed * flops / peak for p, peak in peaks.items()},
+            "precision": name.split()[1], "compiled": name.endswith("compiled"),
+        }
+    return summarise(rows)
 
-    # GPT: causal LM on blocks of seq_len, no padding on either side.
-    blocks = build_gpt_blocks(corpus, gpt_tok, args.seq_len)
-    L.seed_everything(0, verbose=False)
-    model = build_gpt(model_cfg, len(gpt_tok), gpt_tok.eos_token_id)
-    flops = count_flops_per_token(model, args.seq_len)
-    lm_speed, lm_loss = run_lmforge("gpt", model, blocks, gpt_collate, cfg, args.steps, args.warmup, precision)
-    ref_data = corpus.map(lambda b: gpt_tok(b["text"]), batched=True, remove_columns=["text"]).map(
-        group_texts, batched=True, fn_kwargs={"block_size": args.seq_len}).map(
-        lambda b: {"labels": b["input_ids"]}, batched=True)
-    L.seed_everything(0, verbose=False)
-    ref_model = GPT2LMHeadModel._from_config(model.config)
-    ref_speed, ref_loss = run_reference(ref_model, ref_data, default_data_collator, args.seq_len, cfg, args.steps, args.warmup)
-    results["gpt"] = summarise(lm_speed, lm_loss, ref_speed, ref_loss, flops, flops, peaks, precision)
 
+def summarise(rows: dict) -> dict:
+    """The rows, and each lmforge row against the reference: speed ratio and loss differences."""
+    ref = rows[REFERENCE]
+    ratios = {
+        name: {"speedup": row["tokens_per_s"] / ref["tokens_per_s"],
+               "final_loss_relative_difference": (row["final_loss"] - ref["final_loss"]) / ref["final_loss"],
+               "heldout_loss_relative_difference": (row["heldout_loss"] - ref["heldout_loss"]) / ref["heldout_loss"]}
+        for name, row in rows.items() if name != REFERENCE
+    }
+    best = max(ratios, key=lambda n: ratios[n]["speedup"])
+    return {"rows": rows, "vs_reference": ratios, "best": best, "speedup": ratios[best]["speedup"]}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    saved, verbosity, bars = global_state(), hf_logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    try:
+        heads = None if args.hidden is None else max(1, args.hidden // 64)
+        model_cfg = ModelConfig(preset=args.preset, hidden_size=args.hidden, num_layers=args.layers, num_heads=heads,
+                                dropout=0.1, max_position_embeddings=max(512, args.seq_len))
+        precisions = [("bf16-mixed" if bf16_available() else "32") if p == "auto" else p for p in args.precision.split(",")]
+        peaks = {"fp32": measure_peak_flops(DEVICE, torch.float32, seconds=args.peak_seconds)}
+        if bf16_available():
+            peaks["bf16"] = measure_peak_flops(DEVICE, torch.bfloat16, seconds=args.peak_seconds)
+        corpus = build_demo(DemoConfig(entities=40, corpus_documents=args.documents))["corpus"]
+        results = {kind: bench_model(kind, args, model_cfg, corpus, peaks, precisions) for kind in args.models.split(",")}
+    finally:
+        restore_global_state(saved)
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            datasets.enable_progress_bars()
     report = {
-        "config": {**vars(args), "precision": precision, "layers_hidden_heads": list(model_cfg.sizes[:3])},
+        "config": {**vars(args), "layers_hidden_heads_intermediate": list(model_cfg.sizes), "dropout": model_cfg.dropout,
+                   "bert_loss": "masked-LM loss alone: lmforge trains objective 'none' (no sentence-pair head), "
+                                "as run_mlm.py trains BertForMaskedLM",
+                   "final_loss": "mean training loss of the last 10 steps",
+                   "heldout_loss": "fp32 eval loss on the demo's validation documents, mean of both sides' formats",
+                   "interleaved": greenlet is not None},
         "peak_flops": peaks,
         "results": results,
-        "environment": {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device == "cuda"
-                        else platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+        "environment": environment(precisions),
     }
     print_table(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -196,24 +419,32 @@ def main(argv=None) -> dict:
     return report
 
 
-def summarise(lm_speed, lm_loss, ref_speed, ref_loss, flops, ref_flops, peaks, precision):
-    peak = peaks["bf16" if precision.startswith("bf16") else "fp32"]
-    return {
-        "lmforge": {"tokens_per_s": lm_speed, "final_loss": lm_loss, "mfu": lm_speed * flops / peak, "precision": precision},
-        "reference": {"tokens_per_s": ref_speed, "final_loss": ref_loss, "mfu": ref_speed * ref_flops / peaks["fp32"],
-                      "precision": "32"},
-        "speedup": lm_speed / ref_speed,
-        "loss_relative_difference": (lm_loss - ref_loss) / ref_loss,
-    }
+def environment(precisions: list[str]) -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpus = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    device = torch.cuda.get_device_name() if DEVICE == "cuda" else (cpus or [platform.machine()])[0]
+    return {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+            "lightning": L.__version__, "device": device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "bf16": bf16_available(), "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()),
+            "lmforge_precision": precisions, "reference_precision": "32"}
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{'model':<6} {'side':<10} {'precision':<11} {'tokens/s':>10} {'final loss':>11} {'MFU':>7}")
-    for name, result in report["results"].items():
-        for side in ("lmforge", "reference"):
-            r = result[side]
-            print(f"{name:<6} {side:<10} {r['precision']:<11} {r['tokens_per_s']:>10.0f} {r['final_loss']:>11.3f} {r['mfu']:>7.1%}")
-        print(f"{name:<6} speed-up {result['speedup']:.2f}x, loss difference {result['loss_relative_difference']:+.1%}")
+    print(f"\n{'model':<5} {'side':<28} {'tokens/s':>8} {'final loss':>10} {'held-out: ours/ref fmt':>22} {'MFU':>6} "
+          f"{'warm-up s':>9}")
+    for kind, result in report["results"].items():
+        for name, row in result["rows"].items():
+            held, peak = row["heldout_loss_by_format"], "bf16" if "bf16" in row["precision"] else "fp32"
+            print(f"{kind:<5} {name:<28} {row['tokens_per_s']:>8.0f} {row['final_loss']:>10.3f} "
+                  f"{held['lmforge_format']:>12.3f} / {held['reference_format']:<7.3f} {row['mfu'][peak]:>6.1%} "
+                  f"{row['warmup_seconds']:>9.1f}")
+        for name, r in result["vs_reference"].items():
+            print(f"{kind:<5} {name} / reference: {r['speedup']:.2f}x tokens/s; loss "
+                  f"{r['final_loss_relative_difference']:+.1%} (train), {r['heldout_loss_relative_difference']:+.1%} (held-out)")
+    peaks = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in report["peak_flops"].items())
+    env = report["environment"]
+    print(f"MFU against the matmul peak of the row's precision: {peaks}; {env['device']}, {env['threads']} threads, "
+          f"torch {env['torch']}")
 
 
 if __name__ == "__main__":
