@@ -1,7 +1,12 @@
 """`lmforge`: run a stage, print the effective params.
 
-    lmforge stage NAME [-p params.yaml] [-S section.key=value ...]
+    lmforge pipeline [-p params.yaml] [-S section.key=value ...] [--force]   the whole pipeline (a Prefect flow)
+    lmforge flow NAME [...]                      one flow: pretrain, evaluate_and_register, retrain
+    lmforge stage NAME [-p params.yaml] [-S section.key=value ...]           one stage, as dvc.yaml runs it
     lmforge params [-p params.yaml] [-S section.key=value ...]
+    lmforge serve [-p params.yaml]               Prefect deployments of every flow, retrain on a schedule
+    lmforge compare [--experiment NAME] [--metric M]
+    lmforge generate TEXT [--model models/gpt-pretrained]
 
 A user mistake (LmforgeError) is printed as one line on stderr with exit code 2; bugs keep their traceback.
 """
@@ -12,62 +17,12 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
 
 import yaml
 
 from components.config import DEFAULT_PARAMS, Params, load_params
 from components.errors import LmforgeError
-
-
-def _ingest(params: Params) -> list[Path]:
-    from components.data.ingest import ingest
-
-    return [ingest(params.ingest, Path(params.ingest.out_dir))]
-
-
-def _tokenizer(params: Params) -> list[Path]:
-    from components.tokenizer import train_tokenizers
-
-    cfg = params.tokenizer
-    corpus = Path(params.ingest.out_dir) / cfg.corpus
-    paths = train_tokenizers(cfg, corpus, Path(cfg.out_dir), Path(cfg.metrics))
-    return [*paths.values(), Path(cfg.metrics)]
-
-
-def _pretrain_bert(params: Params) -> list[Path]:
-    from components.pretraining.stages import pretrain_bert
-
-    cfg = params.pretrain.bert
-    return [pretrain_bert(cfg, Path(params.ingest.out_dir) / cfg.corpus, params.tracking), Path(cfg.metrics)]
-
-
-def _pretrain_gpt(params: Params) -> list[Path]:
-    from components.pretraining.stages import pretrain_gpt
-
-    cfg = params.pretrain.gpt
-    return [pretrain_gpt(cfg, Path(params.ingest.out_dir) / cfg.corpus, params.tracking), Path(cfg.metrics)]
-
-
-def _finetune(params: Params) -> list[Path]:
-    from components.config import FinetuneRun
-    from components.finetuning.stage import finetune_glue
-
-    cfg = params.finetune
-    run = FinetuneRun(task=cfg.task, model=cfg.model, init=cfg.init, dataset=cfg.dataset)
-    out = finetune_glue(cfg, run, Path(params.ingest.out_dir), params.tracking)
-    return [out, Path(cfg.reports_dir) / f"{run.name}.json"]
-
-
-# Stage name -> function(params) -> output paths. Imports stay inside so `lmforge params` is instant.
-STAGES: dict[str, Callable[[Params], list[Path]]] = {
-    "ingest": _ingest,
-    "tokenizer": _tokenizer,
-    "pretrain-bert": _pretrain_bert,
-    "pretrain-gpt": _pretrain_gpt,
-    "finetune": _finetune,
-}
+from components.stages import STAGES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,19 +40,64 @@ def build_parser() -> argparse.ArgumentParser:
     stage = with_params(sub.add_parser("stage", help="run one pipeline stage"))
     stage.add_argument("name", choices=sorted(STAGES), metavar="NAME", help=", ".join(STAGES))
     with_params(sub.add_parser("params", help="print the effective, validated parameters"))
+    pipe = with_params(sub.add_parser("pipeline", help="run the whole pipeline as a Prefect flow"))
+    pipe.add_argument("--force", action="store_true", help="rerun stages DVC considers up to date")
+    one = with_params(sub.add_parser("flow", help="run one flow: pretrain, evaluate_and_register, retrain"))
+    one.add_argument("name", choices=["pipeline", "pretrain", "evaluate_and_register", "retrain"])
+    one.add_argument("--force", action="store_true")
+    serve = with_params(sub.add_parser("serve", help="serve every flow as a Prefect deployment (Ctrl-C stops)"))
+    serve.add_argument("--no-server", action="store_true", help="do not start a Prefect server; use the one at the URL")
+    compare = with_params(sub.add_parser("compare", help="MLflow runs side by side: differing params, metrics"))
+    compare.add_argument("--experiment", default=None, help="default: <tracking.experiment>-pipeline")
+    compare.add_argument("--metric", default=None, help="the metric to sort and plot by")
+    compare.add_argument("--filter", default="", help="an MLflow search filter, e.g. \"tags.lmforge.stage = 'finetune'\"")
+    compare.add_argument("--max-runs", type=int, default=20)
+    compare.add_argument("--out", default="reports/compare.png", help="the comparison plot")
+    generate = with_params(sub.add_parser("generate", help="continue a prompt with the GPT model"))
+    generate.add_argument("text", nargs="+")
+    generate.add_argument("--model", default=None, help="default: models/gpt-pretrained")
     return parser
+
+
+def _run(args, params: Params) -> None:
+    if args.command == "params":
+        yaml.safe_dump(params.model_dump(mode="json"), sys.stdout, sort_keys=False)
+    elif args.command == "stage":
+        for path in STAGES[args.name](params):
+            print(path)
+    elif args.command in ("pipeline", "flow"):
+        from flows.pipeline import FLOWS
+
+        name = "pipeline" if args.command == "pipeline" else args.name
+        kwargs = {"force": args.force} if name != "retrain" else {}
+        result = FLOWS[name](params=params, params_file=args.params, **kwargs)
+        for stage in result["stages"]:
+            print(f"{stage['stage']:<32} {stage['status']:<8} {stage['seconds']:7.1f}s  {stage['reason']}")
+        for reg in result["registered"]:
+            print(f"registered {reg['model']} v{reg['version']}: {reg['reason']}")
+    elif args.command == "serve":
+        from flows.serve import serve_flows
+
+        serve_flows(params, args.params, start=not args.no_server)
+    elif args.command == "compare":
+        from components.compare import compare_runs
+
+        compare_runs(params.tracking, args.experiment or f"{params.tracking.experiment}-pipeline", args.metric,
+                     args.filter, args.max_runs, args.out)
+    elif args.command == "generate":
+        from components.finetuning.prompting import generate
+
+        cfg = params.prompt
+        model = args.model or f"{cfg.models_dir}/gpt-pretrained"
+        for text in generate(model, [" ".join(args.text)], cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.seed):
+            print(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("LMFORGE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     try:
-        params = load_params(args.params, args.overrides)
-        if args.command == "params":
-            yaml.safe_dump(params.model_dump(mode="json"), sys.stdout, sort_keys=False)
-        elif args.command == "stage":
-            for path in STAGES[args.name](params):
-                print(path)
+        _run(args, load_params(args.params, args.overrides))
     except LmforgeError as e:
         print(f"lmforge: error: {e}", file=sys.stderr)
         return 2

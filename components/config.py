@@ -273,7 +273,9 @@ class PretrainConfig(Section):
     gpt: GptPretrainConfig = Field(default_factory=GptPretrainConfig)
 
 
-FINETUNE_TASKS = _GLUE_NAMES  # squad, squad_v2 and conll2003 join when their stages land
+QA_TASKS = ("squad", "squad_v2")
+TAGGING_TASKS = ("conll2003",)
+FINETUNE_TASKS = (*_GLUE_NAMES, *QA_TASKS, *TAGGING_TASKS)
 
 
 class FinetuneRun(Section):
@@ -287,6 +289,12 @@ class FinetuneRun(Section):
         "or the path of a local Hugging Face checkpoint folder",
     )
     dataset: str | None = Field(None, description="the ingested dataset; default: the task's name")
+
+    @model_validator(mode="after")
+    def _gpt_classifies_only(self) -> FinetuneRun:
+        if self.model == "gpt" and self.task not in _GLUE_NAMES:
+            raise ValueError(f"task {self.task!r} needs model bert; gpt fine-tunes GLUE tasks (a classification head)")
+        return self
 
     @property
     def name(self) -> str:
@@ -309,9 +317,9 @@ class FinetuneConfig(FinetuneRun):
     max_answer_length: int = Field(30, ge=1)
     n_best: int = Field(20, ge=1)
     null_score_threshold: float = Field(0.0, description="squad_v2: predict no answer when null - best > this")
-    patience: int = Field(3, ge=1, description="early stopping: validations without improvement")
+    patience: int = Field(5, ge=1, description="early stopping: validations without improvement")
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(max_steps=-1, max_epochs=4, learning_rate=1e-4, warmup_steps=20,
+        default_factory=lambda: TrainConfig(max_steps=-1, max_epochs=15, learning_rate=1e-3, warmup_steps=20,
                                             val_every_n_steps=50, checkpoint_every_n_steps=50)
     )
 
@@ -329,10 +337,102 @@ class FinetuneConfig(FinetuneRun):
         return self
 
 
+class PromptRun(Section):
+    """GPT classifying a GLUE-schema task from a prompt, no training: zero-shot or k-shot in context."""
+
+    task: Literal[_GLUE_NAMES] = "sst2"
+    shots: int = Field(0, ge=0, le=32, description="labelled examples from train put in the prompt (0: zero-shot)")
+    init: str = Field("pretrained", description="pretrained (models/gpt-pretrained) or a local HF causal-LM folder")
+    dataset: str | None = Field(None, description="the ingested dataset; default: the task's name")
+
+    @property
+    def name(self) -> str:
+        """reports/metrics/<name>.json: e.g. gpt-0shot-sst2, gpt-4shot-rte."""
+        init = "" if self.init == "pretrained" else f"-{Path(self.init).name}"
+        return f"gpt{init}-{self.shots}shot-{self.task}"
+
+
+class PromptConfig(PromptRun):
+    """`lmforge stage prompt` runs the task/shots at the top; `runs` lists what dvc repro runs."""
+
+    runs: dict[str, PromptRun] = Field(default_factory=dict, description="{name: run}, the name as gpt-<k>shot-<task>")
+    verbalizers: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="task -> one word per label, in label order; tasks not listed use lmforge's defaults",
+    )
+    max_eval_examples: int = Field(200, ge=1, description="validation rows scored per split")
+    max_positions: int | None = Field(
+        None, ge=16, description="cap on prompt length in tokens (e.g. the pretraining block_size); default: the model's"
+    )
+    seed: int = Field(0, description="which train rows become the k shots")
+    models_dir: str = "models"
+    reports_dir: str = "reports/metrics"
+    predictions_dir: str = "reports/predictions"
+    # free text generation from a prompt (`lmforge generate` and the prompt stage's samples)
+    generate_prompts: list[str] = Field(default_factory=list, description="prompts whose continuations are reported")
+    max_new_tokens: int = Field(40, ge=1, le=2048)
+    temperature: float = Field(0.8, ge=0.0, description="0: greedy")
+    top_k: int = Field(50, ge=0)
+
+    @model_validator(mode="after")
+    def _names_match(self) -> PromptConfig:
+        for key, run in self.runs.items():
+            if key != run.name:
+                raise ValueError(f"runs.{key}: a {run.shots}-shot run on {run.task} is named {run.name!r}")
+        return self
+
+
+class EvaluateConfig(Section):
+    """`lmforge stage evaluate`: score a fine-tuned model on a split without training; and the reports."""
+
+    model: str = Field("bert-sst2", description="a folder under models_dir, or the path of a fine-tuned HF folder")
+    dataset: str | None = Field(None, description="the ingested dataset; default: the model's task")
+    split: str | None = Field(None, description="default: the task's validation split(s)")
+    models_dir: str = "models"
+    out_dir: str = Field("reports/eval", description="<out_dir>/<model>/metrics.json and plots")
+    # "Why BERT works": one word in sentences of different senses; its contextual embeddings compared
+    why_bert_word: str = "bank"
+    why_bert_sentences: list[str] = Field(
+        default_factory=lambda: [
+            "she walked along the bank of the river .",
+            "he sat by the bank of the river .",
+            "she went to the bank to borrow money .",
+            "he worked at the bank as a pilot .",
+        ],
+        min_length=2,
+    )
+    reports_dir: str = Field("reports", description="why_bert.{json,png}, pretrained_vs_scratch.{json,md,png}")
+
+
+class RegistryConfig(Section):
+    """MLflow model registry: what is registered, and the gate a new version passes to become champion."""
+
+    enabled: bool = True
+    prefix: str = Field("lmforge-", description="registered model name: <prefix><run name>, e.g. lmforge-bert-sst2")
+    models: list[str] | None = Field(
+        None, description="runs to register (names under models/); default: every finetune run and both pretrained models"
+    )
+    min_improvement: float = Field(
+        0.0, description="a candidate becomes champion if its main metric beats the champion's by at least this"
+    )
+
+
+class OrchestrationConfig(Section):
+    """Prefect: where flows are served, the retraining schedule, retries of transient faults."""
+
+    prefect_api_url: str = Field("http://127.0.0.1:4200/api", description="the Prefect server `lmforge serve` uses or starts")
+    retrain_cron: str = Field("0 3 * * 1", description="when the retrain deployment runs (cron, server time zone)")
+    retrain_schedule_active: bool = Field(False, description="false: the schedule exists but is paused")
+    parallel_pretraining: bool = Field(False, description="pretrain BERT and GPT at once (worth it with a GPU each)")
+    retries: int = Field(2, ge=0, le=10, description="retries of a stage that failed on a transient fault")
+    retry_delay_s: float = Field(10.0, ge=0)
+
+
 class TrackingConfig(Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (sqlite:///..., http://...)")
-    experiment: str = "lmforge"
+    experiment: str = Field("lmforge", description="stage runs outside flows; each flow uses <experiment>-<flow>")
     enabled: bool = True
+    ui_url: str = Field("http://127.0.0.1:5000", description="where `mlflow ui` shows this store (for links in reports)")
 
 
 # ---------------------------------------------------------------------------------------- params
@@ -345,6 +445,10 @@ class Params(Section):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
@@ -462,3 +566,45 @@ def _explain(err: dict[str, Any]) -> str:
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     return f"{err['msg']}, got {got!r}"
+
+
+def write_params(params: Params, path: str | Path = DEFAULT_PARAMS) -> list[str]:
+    """Make the params file say `params`, changing only the keys that differ; return those keys.
+
+    Flows take params from the Prefect form or from -S overrides, but DVC decides what is up to
+    date from params.yaml, so the file must hold what ran (as `dvc exp run -S` writes it).
+    DVC's modify_yaml round-trips the file, keeping its comments.
+    """
+    from dvc.utils.serialize import modify_yaml
+
+    path = Path(path)
+    current = load_params(path).model_dump(mode="json") if path.exists() else {}
+    wanted = params.model_dump(mode="json")
+    changed = _differences(current, wanted)
+    if changed or not path.exists():
+        with modify_yaml(path) as data:
+            for dotted in changed or list(wanted):
+                _set_dotted(data, dotted, _get_dotted(wanted, dotted))
+    return changed
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _get_dotted(tree: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        if not isinstance(tree.get(part), dict):
+            tree[part] = {}
+        tree = tree[part]
+    tree[last] = value

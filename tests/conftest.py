@@ -49,3 +49,59 @@ def tokenizers_dir(tmp_path_factory) -> Path:
     )
     train_tokenizers(cfg, corpus, root, root / "metrics.json")
     return root
+
+
+# ------------------------------------------------------------------ a fresh copy of the project
+
+TINY_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
+FAST_TRAIN = {"max_steps": 20, "batch_size": 8, "val_every_n_steps": 10, "checkpoint_every_n_steps": 10,
+              "warmup_steps": 2}
+SMALL_DEMO = {"entities": 40, "corpus_documents": 120, "glue_train": 40, "glue_eval": 20,
+              "qa_train": 40, "qa_eval": 20, "ner_train": 40, "ner_eval": 20}
+
+
+def sh(*cmd, cwd, check: bool = True):
+    """Run a command with this venv's scripts first on PATH; fail the test with its output."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs: dict | None = None) -> Path:
+    """The repository's pipeline in a new git + DVC repo, with tiny models and demo data."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ["dvc.yaml", ".dvcignore", ".gitignore"]:
+        shutil.copy(REPO / name, root / name)
+    for name in [".dvc", "components", "flows"]:
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("tmp", "cache", "__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"]["demo"].update(SMALL_DEMO)
+    params["tokenizer"]["bert"]["vocab_size"] = 500
+    params["tokenizer"]["gpt"]["vocab_size"] = 500
+    for model in ("bert", "gpt"):
+        params["pretrain"][model]["model"] = {**params["pretrain"][model]["model"], **TINY_MODEL}
+        params["pretrain"][model]["train"] = {**params["pretrain"][model]["train"], **FAST_TRAIN}
+    params["finetune"]["runs"] = finetune_runs if finetune_runs is not None else {
+        "bert-rte": {"task": "rte", "model": "bert", "init": "pretrained"},
+        "gpt-sst2": {"task": "sst2", "model": "gpt", "init": "pretrained"},
+        "bert-squad": {"task": "squad", "model": "bert", "init": "pretrained"}}
+    params["finetune"]["train"] = {**params["finetune"]["train"], "max_epochs": 1}
+    params["prompt"]["runs"] = prompt_runs if prompt_runs is not None else {
+        "gpt-0shot-sst2": {"task": "sst2", "shots": 0, "init": "pretrained"}}
+    params["prompt"]["max_eval_examples"] = 10
+    params["tracking"]["uri"] = f"sqlite:///{root}/mlflow.db"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git", "init", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
+    return root

@@ -2,59 +2,19 @@
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from tests.conftest import REPO
+from tests.conftest import make_project, sh
 
 pytestmark = pytest.mark.slow
-
-TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
-FAST = {"max_steps": 20, "batch_size": 8, "val_every_n_steps": 10, "checkpoint_every_n_steps": 10, "warmup_steps": 2}
-SMALL_DEMO = {
-    "entities": 40, "corpus_documents": 120, "glue_train": 40, "glue_eval": 20,
-    "qa_train": 40, "qa_eval": 20, "ner_train": 40, "ner_eval": 20,
-}
-
-
-def sh(*cmd, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 @pytest.fixture
 def project(tmp_path):
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in ["dvc.yaml", ".dvcignore", ".gitignore"]:
-        shutil.copy(REPO / name, root / name)
-    for name in [".dvc", "components"]:
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("tmp", "cache", "__pycache__"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["ingest"]["demo"].update(SMALL_DEMO)
-    params["tokenizer"]["bert"]["vocab_size"] = 500
-    params["tokenizer"]["gpt"]["vocab_size"] = 500
-    for model in ("bert", "gpt"):
-        params["pretrain"][model]["model"] = {**params["pretrain"][model]["model"], **TINY}
-        params["pretrain"][model]["train"] = {**params["pretrain"][model]["train"], **FAST}
-    params["finetune"]["runs"] = {"bert-rte": {"task": "rte", "model": "bert", "init": "pretrained"},
-                                  "gpt-sst2": {"task": "sst2", "model": "gpt", "init": "pretrained"}}
-    params["finetune"]["train"] = {**params["finetune"]["train"], "max_epochs": 1}
-    params["tracking"]["uri"] = f"sqlite:///{root}/mlflow.db"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("git", "init", "-q", cwd=root)
-    sh("git", "add", "-A", cwd=root)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
-    return root
+    return make_project(tmp_path)
 
 
 def test_repro_builds_everything_then_is_a_no_op_and_pushes(project):

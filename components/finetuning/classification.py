@@ -6,19 +6,17 @@ sentences costs a short batch: the main saving over padding every row to max_seq
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_scheduler
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from components.config import TrainConfig
 from components.data.schemas import GLUE_TASKS
 from components.errors import LmforgeError
 from components.finetuning.metrics import glue_metrics
-from components.pretraining.module import clip_without_scaler, use_fused_adamw
+from components.finetuning.training import FinetuneModule, padded_loader, with_lengths
 
 
 def encode_glue(data: Dataset, task: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
@@ -41,45 +39,22 @@ def encode_glue(data: Dataset, task: str, tokenizer: PreTrainedTokenizerBase, ma
         enc["labels"] = batch["label"]
         return enc
 
-    encoded = data.map(encode, batched=True, remove_columns=data.column_names, desc=f"tokenize {task}")
-    return encoded.add_column("length", [len(ids) for ids in encoded["input_ids"]])
+    return with_lengths(data.map(encode, batched=True, remove_columns=data.column_names, desc=f"tokenize {task}"))
 
 
 def glue_loader(data: Dataset, tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
-    columns = [c for c in data.column_names if c != "length"]
-    sampler = (
-        LengthGroupedSampler(batch_size, lengths=data["length"], generator=torch.Generator().manual_seed(seed))
-        if shuffle else None
-    )
-    return DataLoader(data.select_columns(columns), batch_size=batch_size, sampler=sampler, collate_fn=collator,
-                      num_workers=num_workers)
+    return padded_loader(data, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8), batch_size, shuffle, seed,
+                         num_workers)
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(FinetuneModule):
     """Trains a *ForSequenceClassification model; scores each validation pass with GLUE's metrics."""
 
     def __init__(self, model, task: str, train: TrainConfig, total_steps: int):
-        super().__init__()
-        self.model, self.task, self.train_cfg, self.total_steps = model, task, train, total_steps
+        super().__init__(model, task, train, total_steps)
         self.regression = GLUE_TASKS[task].is_regression
         self._predictions: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
-        self.last_metrics: dict[str, float] = {}
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip_without_scaler(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def forward(self, batch: dict):
-        return self.model(**batch)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self(batch).loss
-        if not torch.isfinite(loss):
-            raise LmforgeError(f"finetune {self.task}: training loss became {loss.item()} at step {self.global_step}; "
-                               "nothing was exported. Lower finetune.train.learning_rate")
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch)
@@ -92,20 +67,7 @@ class ClassificationModule(L.LightningModule):
             return
         preds, labels = torch.cat(self._predictions).numpy(), torch.cat(self._labels).numpy()
         self._predictions, self._labels = [], []
-        self.last_metrics = glue_metrics(self.task, preds, labels)
-        for name, value in self.last_metrics.items():
-            self.log(f"val/{name}", value, prog_bar=True)
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.train_cfg.learning_rate,
-                                      weight_decay=self.train_cfg.weight_decay,
-                                      fused=use_fused_adamw(self.device, self.train_cfg))
-        scheduler = get_scheduler(
-            "constant_with_warmup" if self.train_cfg.schedule == "constant" else self.train_cfg.schedule,
-            optimizer, num_warmup_steps=min(self.train_cfg.warmup_steps, self.total_steps),
-            num_training_steps=self.total_steps,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        self.log_metrics(glue_metrics(self.task, preds, labels))
 
 
 def predict(logits: torch.Tensor, regression: bool) -> torch.Tensor:

@@ -1,0 +1,117 @@
+"""What DVC and git know about the workspace: is a stage current, record a stage, hashes for lineage.
+
+Flows run stages themselves (each in a Prefect task) instead of calling `dvc repro`, so they ask
+DVC the question `dvc repro` asks (are this stage's deps, params and outs what dvc.lock recorded?)
+and record what they ran as `dvc commit -f` would. Outside a DVC repository every stage counts as
+changed and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from components.errors import LmforgeError
+
+log = logging.getLogger(__name__)
+
+LOCK_WAIT_S = 600  # DVC's own lock wait is seconds; a concurrent flow's stage commit can take longer
+
+
+class DvcProject:
+    def __init__(self, root: str | Path = "."):
+        self.root = Path(root).resolve()
+        self.enabled = (self.root / ".dvc").is_dir() and (self.root / "dvc.yaml").exists()
+
+    def _repo(self):
+        from dvc.repo import Repo
+
+        return Repo(str(self.root))
+
+    def _with_lock(self, action: str, fn):
+        """Run fn(repo), waiting while another DVC process holds the repository lock."""
+        from dvc.lock import LockError
+
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                with self._repo() as repo:
+                    return fn(repo)
+            except LockError:
+                if time.monotonic() > deadline:
+                    raise LmforgeError(
+                        f"DVC repository {self.root}: could not take its lock for {LOCK_WAIT_S} s to {action}; "
+                        "another dvc or lmforge process holds it"
+                    ) from None
+                time.sleep(1.0)
+
+    def changes(self, stage: str) -> list[str]:
+        """Why `stage` would rerun (empty: deps, params and outs match dvc.lock)."""
+        if not self.enabled:
+            return ["not a DVC repository"]
+        status = self._with_lock(f"check {stage}", lambda repo: repo.status(targets=[stage]))
+        reasons = []
+        for entry in status.get(stage, []) if isinstance(status, dict) else []:
+            if isinstance(entry, dict):
+                for kind, paths in entry.items():
+                    names = ", ".join(paths) if isinstance(paths, dict) else str(paths)
+                    reasons.append(f"{kind}: {names}")
+            else:
+                reasons.append(str(entry))
+        return reasons
+
+    def record(self, stage: str) -> None:
+        """`dvc commit -f <stage>`: outputs into the cache, hashes into dvc.lock."""
+        if not self.enabled:
+            return
+        self._with_lock(f"record {stage}", lambda repo: repo.commit(stage, force=True))
+
+    def lock_entry(self, stage: str) -> dict:
+        lock = self.root / "dvc.lock"
+        if not lock.exists():
+            return {}
+        return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage, {})
+
+    def out_hash(self, path: str | Path) -> str | None:
+        """The md5 dvc.lock records for an output path (or the output that contains it)."""
+        lock = self.root / "dvc.lock"
+        if not lock.exists():
+            return None
+        wanted = Path(path).as_posix().rstrip("/")
+        for entry in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+            for out in entry.get("outs", []):
+                if out["path"].rstrip("/") == wanted:
+                    return out.get("md5")
+        return None
+
+
+def git_state(root: str | Path = ".") -> tuple[str, bool]:
+    """(commit, dirty) of the working tree; ("unknown", True) outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+        return commit, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+
+
+def params_hash(section: dict) -> str:
+    """A short, order-independent hash of a params section."""
+    return hashlib.sha256(json.dumps(section, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tree_hash(path: str | Path) -> str:
+    """sha256 over the relative names and bytes of the files under `path` (a dataset folder)."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]

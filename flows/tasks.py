@@ -1,0 +1,89 @@
+"""Prefect tasks around lmforge's stages: skip what DVC says is current, run, record in DVC.
+
+Retries are for transient faults only (a tracking server that refused a connection); a user
+error (LmforgeError) or a bug fails the task at once with its message in the flow's log.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from components.errors import LmforgeError
+from components.stages import PlannedStage
+from components.versioning import DvcProject
+
+TRANSIENT_MARKERS = ("Connection refused", "Max retries exceeded", "Temporary failure in name resolution",
+                     "Read timed out", "RemoteDisconnected", "502 Bad Gateway", "503 Service Unavailable")
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str            # ran | skipped
+    reason: str
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """Worth retrying: the network or a server, never the user's input or our code."""
+    if error is None or isinstance(error, LmforgeError):
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(error).__name__}: {error}"
+    return any(marker in text for marker in TRANSIENT_MARKERS)
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except BaseException as error:  # noqa: BLE001 - the state's own exception, re-raised by result()
+        return is_transient(error)
+    return False
+
+
+@task(task_run_name="{planned.dvc_name}", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
+def run_stage(planned: PlannedStage, force: bool = False, root: str = ".") -> StageOutcome:
+    """Run one stage unless DVC says its deps, params and outs are what dvc.lock recorded."""
+    logger = get_run_logger()
+    dvc = DvcProject(root)
+    changes = dvc.changes(planned.dvc_name)
+    if not changes and not force:
+        logger.info("%s: skipped, deps, params and outs match dvc.lock", planned.dvc_name)
+        return StageOutcome(planned.dvc_name, "skipped", "unchanged since dvc.lock")
+    reason = "forced" if force else "; ".join(changes)
+    logger.info("%s: running (%s)", planned.dvc_name, reason)
+    start = time.perf_counter()
+    try:
+        outputs = planned.function(planned.params)
+    except LmforgeError as error:
+        logger.error("%s: %s", planned.dvc_name, error)
+        raise
+    dvc.record(planned.dvc_name)
+    return StageOutcome(planned.dvc_name, "ran", reason, time.perf_counter() - start, [str(p) for p in outputs])
+
+
+def stage_options(retries: int, delay_s: float) -> dict:
+    """`run_stage.with_options(...)` for the flow's retry settings."""
+    return {"retries": retries, "retry_delay_seconds": delay_s}
+
+
+def metrics_summary(paths: list[str | Path]) -> dict[str, float]:
+    """The headline number of each metrics JSON a stage wrote."""
+    import json
+
+    summary = {}
+    for path in map(Path, paths):
+        if path.suffix == ".json" and path.exists():
+            data = json.loads(path.read_text())
+            for key in ("score", "val_perplexity", "accuracy"):
+                if isinstance(data.get(key), (int, float)):
+                    summary[path.stem] = float(data[key])
+                    break
+    return summary

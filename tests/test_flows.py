@@ -1,0 +1,96 @@
+"""The pipeline flow as users run it: Prefect (test harness), MLflow on a temporary sqlite store,
+DVC in a temporary git repository. Runs, nesting, registered versions, aliases, the gate, lineage,
+a pyfunc prediction from the champion, a clean `dvc status`, and a rerun that skips everything."""
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import make_project, sh
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monkeypatch, harness):
+    import mlflow
+
+    from components.config import load_params
+    from components.registry import register, workspace_candidates
+    from flows.pipeline import pipeline
+
+    root = make_project(tmp_path)
+    monkeypatch.chdir(root)
+    params = load_params("params.yaml")
+    uri = params.tracking.uri
+
+    first = pipeline(params_file="params.yaml")
+    statuses = {s["stage"]: s["status"] for s in first["stages"]}
+    assert statuses == {name: "ran" for name in [
+        "ingest", "tokenizer", "pretrain_bert", "pretrain_gpt", "finetune@bert-rte", "finetune@gpt-sst2",
+        "finetune@bert-squad", "prompt@gpt-0shot-sst2", "evaluate@bert-rte", "evaluate@gpt-sst2", "evaluate@bert-squad",
+        "report"]}
+    assert "Data and pipelines are up to date." in sh("dvc", "status", cwd=root)
+
+    # MLflow: one parent run for the flow run, every stage nested under it.
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("lmforge-pipeline")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "prefect.flow_run_id" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent_id = parents[0].info.run_id
+    children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
+    assert {"pretrain-bert", "pretrain-gpt", "finetune-bert-rte", "finetune-gpt-sst2",
+            "register-bert-rte", "register-bert-pretrained"} <= children
+
+    # Registry: a version per model, candidate + champion (the first wins), lineage tags.
+    registered = {r["model"]: r for r in first["registered"]}
+    assert set(registered) == {"lmforge-bert-rte", "lmforge-gpt-sst2", "lmforge-bert-squad",
+                               "lmforge-bert-pretrained", "lmforge-gpt-pretrained"}
+    commit = sh("git", "rev-parse", "HEAD", cwd=root).strip()
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    version = client.get_model_version_by_alias("lmforge-bert-rte", "champion")
+    assert str(client.get_model_version_by_alias("lmforge-bert-rte", "candidate").version) == str(version.version) == "1"
+    tags = version.tags
+    assert tags["git.commit"] == commit
+    assert tags["dvc.data"] == lock["ingest"]["outs"][0]["md5"]
+    assert tags["dvc.tokenizer"] == lock["tokenizer"]["outs"][0]["md5"]
+    assert tags["dvc.model"] == next(o["md5"] for o in lock["finetune@bert-rte"]["outs"] if o["path"] == "models/bert-rte")
+    assert tags["lineage.flow_run"] == parent_id and tags["lineage.training_run"]
+    assert client.get_run(tags["lineage.training_run"]).info.run_name == "finetune-bert-rte"
+    assert len(tags["params.hash"]) == 16
+    metrics = json.loads((root / "reports" / "metrics" / "bert-rte.json").read_text())
+    assert float(tags["metric.value"]) == pytest.approx(metrics["validation"]["accuracy"])
+
+    mlflow.set_tracking_uri(uri)
+    prediction = mlflow.pyfunc.load_model("models:/lmforge-bert-rte@champion").predict(["A was born in B."])
+    assert prediction["label"][0] in ("entailment", "not_entailment")
+    context = "Talia Brandt was born in Velmora. She works at the Debel Bank."
+    answers = mlflow.pyfunc.load_model("models:/lmforge-bert-squad@champion").predict(
+        [{"question": "Where was Talia Brandt born?", "context": context}])
+    assert len(answers) == 1 and answers[0] in context  # a span of the context (QA has our own pyfunc)
+
+    # The gate: a worse model stays candidate; the champion does not move.
+    candidate = next(c for c in workspace_candidates(params, ["bert-rte"]))
+    worse = dataclasses.replace(candidate, value=candidate.value - 0.2,
+                                lineage={**candidate.lineage, "dvc.model": "another-model"})
+    decision = register(worse, params.registry, params.tracking)
+    assert not decision.promoted and decision.version == 2 and decision.champion_value == pytest.approx(candidate.value)
+    assert str(client.get_model_version_by_alias("lmforge-bert-rte", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("lmforge-bert-rte", "candidate").version) == "2"
+    assert client.get_model_version("lmforge-bert-rte", "2").tags["gate.decision"] == "candidate"
+
+    # Nothing changed: every stage is skipped and nothing is registered twice.
+    second = pipeline(params_file="params.yaml")
+    assert {s["status"] for s in second["stages"]} == {"skipped"}
+    assert all(r["skipped"] for r in second["registered"])
+    assert len(client.search_model_versions("name = 'lmforge-bert-pretrained'")) == 1

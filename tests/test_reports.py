@@ -1,0 +1,137 @@
+"""The reports: pretrained vs scratch from hand-written finetune reports, and "why BERT works"."""
+
+import json
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from components.config import EvaluateConfig, ModelConfig
+from components.errors import LmforgeError
+from components.evaluation import pretrained_vs_scratch_report, why_bert_report
+from components.evaluation.why_bert import sense_groups, sense_means
+from components.pretraining.models import build_bert
+
+
+def finetune_report(task, init, splits, model="bert", main="accuracy"):
+    score = float(np.mean([np.mean(list(m.values())) for m in splits.values()]))
+    return {"task": task, "model": model, "init": init, "main_metric": main, **splits, "score": score, "steps": 6}
+
+
+@pytest.fixture
+def metrics_dir(tmp_path):
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    files = {
+        "bert-sst2": finetune_report("sst2", "pretrained", {"validation": {"accuracy": 0.8}}),
+        "bert-scratch-sst2": finetune_report("sst2", "scratch", {"validation": {"accuracy": 0.5}}),
+        "bert-mrpc": finetune_report("mrpc", "pretrained", {"validation": {"f1": 0.8, "accuracy": 0.6}}, main="f1"),
+        "bert-scratch-mrpc": finetune_report("mrpc", "scratch", {"validation": {"f1": 0.6, "accuracy": 0.4}},
+                                             main="f1"),
+        "bert-mnli": finetune_report("mnli", "pretrained", {"validation_matched": {"accuracy": 0.7},
+                                                            "validation_mismatched": {"accuracy": 0.5}}),
+        "bert-scratch-mnli": finetune_report("mnli", "scratch", {"validation_matched": {"accuracy": 0.4},
+                                                                 "validation_mismatched": {"accuracy": 0.3}}),
+        "bert-cola": finetune_report("cola", "pretrained", {"validation": {"matthews_correlation": 0.3}},
+                                     main="matthews_correlation"),
+        "bert-scratch-qnli": finetune_report("qnli", "scratch", {"validation": {"accuracy": 0.55}}),
+        "gpt-sst2": finetune_report("sst2", "pretrained", {"validation": {"accuracy": 0.9}}, model="gpt"),
+        # not the finetune stage's pretrained/scratch runs: left out
+        "gpt-gpt-sst2-sst2": finetune_report("sst2", "models/gpt-sst2", {"validation": {"accuracy": 0.1}}, model="gpt"),
+        "gpt-0shot-sst2": {"task": "sst2", "model": "gpt", "init": "pretrained", "shots": 0, "score": 0.1,
+                           "main_metric": "accuracy", "validation": {"accuracy": 0.1}},
+        "pretrain_bert": {"loss": 2.0, "perplexity": 7.4},
+        "tokenizer": {"bert": {"vocab_size": 500}},
+    }
+    for name, report in files.items():
+        (folder / f"{name}.json").write_text(json.dumps(report))
+    return folder
+
+
+def test_pretrained_and_scratch_runs_are_paired_per_model_and_task(metrics_dir, tmp_path):
+    path = pretrained_vs_scratch_report(metrics_dir, tmp_path / "out")
+    result = json.loads(path.read_text())
+    rows = {(r["model"], r["task"]): r for r in result["rows"]}
+    assert list(rows) == [("bert", "cola"), ("bert", "mnli"), ("bert", "mrpc"), ("bert", "qnli"), ("bert", "sst2"),
+                          ("gpt", "sst2")]
+    assert rows["bert", "sst2"]["pretrained"] == 0.8 and rows["bert", "sst2"]["scratch"] == 0.5
+    assert rows["bert", "sst2"]["difference"] == pytest.approx(0.3)
+    assert rows["bert", "mrpc"]["pretrained"] == pytest.approx(0.7) and rows["bert", "mrpc"]["main_metric"] == "f1"
+    assert rows["bert", "cola"]["scratch"] is None and rows["bert", "cola"]["difference"] is None
+    assert rows["bert", "qnli"]["pretrained"] is None and rows["bert", "qnli"]["scratch"] == 0.55
+    assert rows["gpt", "sst2"]["pretrained"] == 0.9  # not the 0-shot prompt or the local-init run
+    assert "gpt-0shot-sst2.json" not in result["reports"] and "pretrain_bert.json" not in result["reports"]
+
+    # GLUE score over the tasks both sides have (sst2, mrpc, mnli): each task's mean metric, then the mean.
+    glue = result["glue_score"]["bert"]
+    assert glue["tasks"] == ["mnli", "mrpc", "sst2"]
+    assert glue["pretrained"] == pytest.approx(((0.7 + 0.5) / 2 + (0.8 + 0.6) / 2 + 0.8) / 3)
+    assert glue["scratch"] == pytest.approx(((0.4 + 0.3) / 2 + (0.6 + 0.4) / 2 + 0.5) / 3)
+    assert result["glue_score"]["gpt"] == {"tasks": [], "pretrained": None, "scratch": None}
+
+    table = (tmp_path / "out" / "pretrained_vs_scratch.md").read_text()
+    assert "| bert | sst2 | accuracy | 0.8000 | 0.5000 | +0.3000 |" in table
+    assert "| bert | cola | matthews_correlation | 0.3000 |  |  |" in table
+    assert "| bert | qnli | accuracy |  | 0.5500 |  |" in table
+    assert "**GLUE score** (mnli, mrpc, sst2)" in table
+    assert (tmp_path / "out" / "pretrained_vs_scratch.png").stat().st_size > 5000
+
+
+def test_no_finetune_reports_is_a_clear_error(tmp_path):
+    (tmp_path / "pretrain_bert.json").write_text('{"loss": 2.0}')
+    with pytest.raises(LmforgeError, match=r"no finetune reports .* in .*; run the finetune stage first"):
+        pretrained_vs_scratch_report(tmp_path, tmp_path / "out")
+    (tmp_path / "bert-sst2.json").write_text("{not json")
+    with pytest.raises(LmforgeError, match=r"cannot read metrics file .*bert-sst2.json"):
+        pretrained_vs_scratch_report(tmp_path, tmp_path / "out")
+
+
+@pytest.fixture
+def pretrained_dir(tokenizers_dir, tmp_path):
+    """A tiny BertForPreTraining with random weights, saved as the pretraining stage saves one."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizers_dir / "bert")
+    model = build_bert(ModelConfig(hidden_size=64, num_layers=2, num_heads=2), len(tokenizer),
+                       tokenizer.pad_token_id, "sop")
+    model.save_pretrained(tmp_path / "bert-pretrained")
+    tokenizer.save_pretrained(tmp_path / "bert-pretrained")
+    return tmp_path / "bert-pretrained"
+
+
+def test_why_bert_similarities(pretrained_dir, tmp_path):
+    cfg = EvaluateConfig()
+    path = why_bert_report(cfg, pretrained_dir, tmp_path / "out")
+    report = json.loads(path.read_text())
+    assert report["word"] == "bank" and report["sentences"] == cfg.why_bert_sentences
+    assert report["senses"] == ["A", "A", "B", "B"]
+    for name in ("pretrained", "scratch", "static"):
+        sims = np.array(report[name]["similarity"])
+        assert sims.shape == (4, 4) and (sims == sims.T).all()
+        np.testing.assert_allclose(np.diag(sims), 1.0)
+        same = (sims[0, 1] + sims[2, 3]) / 2
+        different = (sims[0, 2] + sims[0, 3] + sims[1, 2] + sims[1, 3]) / 4
+        assert report[name]["same_sense_mean"] == pytest.approx(same)
+        assert report[name]["different_sense_mean"] == pytest.approx(different)
+    # The input embedding is a table lookup: the same vector in every sentence.
+    np.testing.assert_allclose(report["static"]["similarity"], 1.0)
+    # Context changes the contextual vectors: they are not all the same.
+    assert np.array(report["pretrained"]["similarity"]).min() < 0.9999
+    # Same seed, same random "scratch" model.
+    again = json.loads(why_bert_report(cfg, pretrained_dir, tmp_path / "again").read_text())
+    assert again["scratch"] == report["scratch"]
+    assert (tmp_path / "out" / "why_bert.png").stat().st_size > 5000
+
+
+def test_why_bert_word_missing_from_a_sentence(pretrained_dir, tmp_path):
+    cfg = EvaluateConfig(why_bert_sentences=["the bank of the river .", "embankments are not banks ."])
+    with pytest.raises(LmforgeError, match=r"why_bert_sentences\[1\]: word 'bank' is not in the sentence "
+                                           r"'embankments are not banks \.'"):
+        why_bert_report(cfg, pretrained_dir, tmp_path / "out")
+    with pytest.raises(LmforgeError, match=r"nowhere: folder not found"):
+        why_bert_report(EvaluateConfig(), tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_sense_groups_are_the_two_halves():
+    assert sense_groups(2) == [0, 1] and sense_groups(4) == [0, 0, 1, 1] and sense_groups(5) == [0, 0, 1, 1, 1]
+    sims = np.array([[1.0, 0.9, 0.2], [0.9, 1.0, 0.4], [0.2, 0.4, 1.0]])
+    assert sense_means(sims, [0, 1, 1]) == (pytest.approx(0.4), pytest.approx(0.55))
+    assert sense_means(sims[:2, :2], [0, 1]) == (None, pytest.approx(0.9))
