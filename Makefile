@@ -26,9 +26,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 setup: $(VENV)/.installed
 
-# dvc runs each stage's `lmforge stage ...` command, so the venv's bin must be on PATH.
+# The pipeline flow (Prefect, MLflow, DVC); `dvc repro` runs the same stages without Prefect.
+# The venv's bin on PATH: DVC calls `lmforge stage ...` for stages it runs itself.
 demo: setup
-	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/lmforge pipeline
 	$(BIN)/dvc metrics show
 
 # Every test, the slow end-to-end ones included (what CI runs).
