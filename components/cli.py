@@ -95,6 +95,8 @@ def _run(args, params: Params) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Offline by design: Prefect's telemetry heartbeat only fails (and logs it) without internet.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=os.environ.get("LMFORGE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     try:
         _run(args, load_params(args.params, args.overrides))

@@ -89,8 +89,33 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     assert str(client.get_model_version_by_alias("lmforge-bert-rte", "candidate").version) == "2"
     assert client.get_model_version("lmforge-bert-rte", "2").tags["gate.decision"] == "candidate"
 
+    # Runs side by side, as `lmforge compare` prints them.
+    from components.compare import compare_runs
+
+    table = compare_runs(params.tracking, "lmforge-pipeline", "validation/accuracy", plot_path=root / "compare.png")
+    assert "finetune-bert-rte" in table and "finetune-gpt-sst2" in table and (root / "compare.png").stat().st_size > 0
+
     # Nothing changed: every stage is skipped and nothing is registered twice.
     second = pipeline(params_file="params.yaml")
     assert {s["status"] for s in second["stages"]} == {"skipped"}
     assert all(r["skipped"] for r in second["registered"])
     assert len(client.search_model_versions("name = 'lmforge-bert-pretrained'")) == 1
+
+    # The finetune flow starts from a registered model by alias.
+    from flows.pipeline import finetune
+
+    tuned = finetune(tasks=["rte"], init="models:/lmforge-bert-pretrained@champion", params_file="params.yaml")
+    name = "bert-lmforge-bert-pretrained-champion-rte"
+    assert [s["status"] for s in tuned["stages"]] == ["ran", "ran"]
+    assert (root / "models" / name / "model.safetensors").exists()
+    assert tuned["registered"][0]["model"] == f"lmforge-{name}"
+
+
+def test_transient_faults_are_retried_user_errors_are_not():
+    from components.errors import LmforgeError
+    from flows.tasks import is_transient
+
+    assert is_transient(ConnectionRefusedError(111, "Connection refused"))
+    assert is_transient(RuntimeError("API request to http://127.0.0.1:5000 failed: Max retries exceeded"))
+    assert not is_transient(LmforgeError("params.yaml: finetune.task: unknown"))
+    assert not is_transient(ValueError("a bug"))
