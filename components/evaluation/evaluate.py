@@ -28,7 +28,7 @@ from components.data import load_input
 from components.data.schemas import GLUE_TASKS
 from components.errors import LmforgeError
 from components.evaluation import plots
-from components.evaluation.scoring import SplitResult, score_glue, score_qa, score_tagging
+from components.finetuning.scoring import SplitResult, score_glue, score_qa, score_tagging
 from components.finetuning.checkpoints import check_checkpoint
 from components.finetuning.metrics import main_metric, task_score
 

@@ -18,13 +18,13 @@ from components.data import load_input
 from components.data.schemas import GLUE_TASKS
 from components.errors import LmforgeError
 from components.finetuning.checkpoints import load_init
-from components.finetuning.classification import ClassificationModule, encode_glue, glue_loader, predict_dataset
-from components.finetuning.metrics import glue_metrics, main_metric, seqeval_metrics, task_score
+from components.finetuning.classification import ClassificationModule, encode_glue, glue_loader
+from components.finetuning.metrics import main_metric, task_score
 from components.finetuning.outputs import publish, run_metrics
-from components.finetuning.question_answering import (QA_COLUMNS, QAModule, SquadScorer, encode_qa, predict_logits,
-                                                      qa_loader)
-from components.finetuning.token_classification import (TAGGING_COLUMNS, TaggingModule, encode_tagging, predict_tags,
-                                                        tag_names, tagging_loader)
+from components.finetuning.question_answering import QA_COLUMNS, QAModule, SquadScorer, encode_qa, qa_loader
+from components.finetuning.scoring import score_glue, score_qa, score_tagging
+from components.finetuning.token_classification import (TAGGING_COLUMNS, TaggingModule, encode_tagging, tag_names,
+                                                        tagging_loader)
 from components.finetuning.training import fit, total_steps
 
 
@@ -79,15 +79,9 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
     metric = main_metric(run.task)
     trainer = fit(module, train_loader, val_loader, cfg, run, tracking, metric)
 
-    results, predictions = {}, []
-    for split in eval_splits:
-        preds, gold = predict_dataset(module.model, glue_loader(encoded[split], tokenizer, train.batch_size, False, 0),
-                                      spec.is_regression)
-        results[split] = glue_metrics(run.task, preds, gold)
-        predictions += [
-            {"split": split, **{c: row[c] for c in spec.text_columns}, "label": row["label"], "prediction": p.item()}
-            for row, p in zip(data[split], preds)
-        ]
+    scored = {s: score_glue(module.model, tokenizer, run.task, data[s], s, cfg, encoded[s]) for s in eval_splits}
+    results = {split: r.metrics for split, r in scored.items()}
+    predictions = [row for r in scored.values() for row in r.rows]
     score = sum(task_score(m) for m in results.values()) / len(results)
     metrics = run_metrics(run, metric, results, score, trainer.global_step)
     return publish(cfg, run, tracking, trainer.logger, module.model, tokenizer, metrics, predictions)
@@ -110,17 +104,9 @@ def finetune_qa(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: 
     module = QAModule(model, run.task, train, total_steps(train, train_loader), scorer)
     trainer = fit(module, train_loader, val_loader, cfg, run, tracking, "f1")
 
-    answers, spans, diffs = scorer.predict(*predict_logits(module.model, val_loader))
-    scores = scorer.metrics(answers)
-    if version_2:
-        scores |= scorer.best_thresholds(spans, diffs)
-    predictions = [
-        {"split": "validation", "id": row["id"], "question": row["question"], "answers": row["answers"]["text"],
-         "prediction": answers[row["id"]], **({"null_score_diff": diffs[row["id"]]} if version_2 else {})}
-        for row in data["validation"]
-    ]
-    metrics = run_metrics(run, "f1", {"validation": scores}, scores["f1"], trainer.global_step)
-    return publish(cfg, run, tracking, trainer.logger, module.model, tokenizer, metrics, predictions)
+    scored = score_qa(module.model, tokenizer, run.task, data["validation"], "validation", cfg, val_windows, scorer)
+    metrics = run_metrics(run, "f1", {"validation": scored.metrics}, scored.metrics["f1"], trainer.global_step)
+    return publish(cfg, run, tracking, trainer.logger, module.model, tokenizer, metrics, scored.rows)
 
 
 def finetune_tagging(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
@@ -141,15 +127,8 @@ def finetune_tagging(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, track
     module = TaggingModule(model, run.task, train, total_steps(train, train_loader), labels)
     trainer = fit(module, train_loader, val_loader, cfg, run, tracking, "f1")
 
-    results, predictions = {}, []
-    for split in eval_splits:
-        true, pred = predict_tags(module.model, tagging_loader(encoded[split], tokenizer, train.batch_size, False),
-                                  labels)
-        results[split] = seqeval_metrics(true, pred)
-        # Tags per word; a sentence cut at max_seq_length has tags for its kept words only.
-        predictions += [
-            {"split": split, "id": row.get("id", str(i)), "tokens": row["tokens"], "tags": gold, "prediction": tags}
-            for i, (row, gold, tags) in enumerate(zip(data[split], true, pred))
-        ]
+    scored = {s: score_tagging(module.model, tokenizer, data[s], s, cfg, encoded[s]) for s in eval_splits}
+    results = {split: r.metrics for split, r in scored.items()}
+    predictions = [row for r in scored.values() for row in r.rows]
     metrics = run_metrics(run, "f1", results, results["validation"]["f1"], trainer.global_step)
     return publish(cfg, run, tracking, trainer.logger, module.model, tokenizer, metrics, predictions)

@@ -1,6 +1,9 @@
-"""Predictions and metrics for one split, per kind of task, through the finetune stage's own
-encoders, loaders and post-processing: a score here is the score the finetune stage reports for
-the same weights, settings and split, and each predictions row is the row it writes.
+"""Predictions and metrics for one split, per kind of task: what the finetune stage reports after
+training and what the evaluate stage reports for a saved model, from the same code, so the two
+agree for the same weights, settings and split. Each predictions row is one JSONL line.
+
+`encoded` / `windows`: the split already encoded (the finetune stage encodes its evaluation splits
+before training, so a bad row fails before any training time is spent); None encodes it here.
 
 GLUE: encode_glue / glue_loader / predict_dataset -> glue_metrics. QA: encode_qa / qa_loader /
 predict_logits / SquadScorer (qa.prepare_eval_features, qa.postprocess_predictions) ->
@@ -32,11 +35,13 @@ class SplitResult:
     predicted: np.ndarray | None = field(default=None, repr=False)
 
 
-def score_glue(model, tokenizer, task: str, data: Dataset, split: str, ft: FinetuneConfig) -> SplitResult:
+def score_glue(model, tokenizer, task: str, data: Dataset, split: str, ft: FinetuneConfig,
+               encoded: Dataset | None = None) -> SplitResult:
     spec = GLUE_TASKS[task]
     if any(label < 0 for label in data["label"]):  # the Hub's GLUE test splits hide labels as -1
         raise LmforgeError(f"task {task!r}: split {split!r} has hidden labels (-1); evaluate a split with labels")
-    encoded = encode_glue(data, task, tokenizer, ft.max_seq_length, gpt=model.config.model_type == "gpt2")
+    if encoded is None:
+        encoded = encode_glue(data, task, tokenizer, ft.max_seq_length, gpt=model.config.model_type == "gpt2")
     predicted, gold = predict_dataset(model, glue_loader(encoded, tokenizer, ft.train.batch_size, False, 0),
                                       spec.is_regression)
     rows = [{"split": split, **{c: row[c] for c in spec.text_columns}, "label": row["label"], "prediction": p.item()}
@@ -44,10 +49,12 @@ def score_glue(model, tokenizer, task: str, data: Dataset, split: str, ft: Finet
     return SplitResult(glue_metrics(task, predicted, gold), rows, gold, predicted)
 
 
-def score_qa(model, tokenizer, task: str, data: Dataset, split: str, ft: FinetuneConfig) -> SplitResult:
+def score_qa(model, tokenizer, task: str, data: Dataset, split: str, ft: FinetuneConfig,
+             windows: Dataset | None = None, scorer: SquadScorer | None = None) -> SplitResult:
     version_2 = task == "squad_v2"
-    windows = encode_qa(data, tokenizer, ft, train=False)
-    scorer = SquadScorer(data, windows, ft, version_2)
+    if windows is None:
+        windows = encode_qa(data, tokenizer, ft, train=False)
+    scorer = scorer or SquadScorer(data, windows, ft, version_2)
     answers, spans, diffs = scorer.predict(*predict_logits(model, qa_loader(windows, tokenizer, ft.train.batch_size,
                                                                             False)))
     metrics = scorer.metrics(answers)
@@ -59,13 +66,15 @@ def score_qa(model, tokenizer, task: str, data: Dataset, split: str, ft: Finetun
     return SplitResult(metrics, rows)
 
 
-def score_tagging(model, tokenizer, data: Dataset, split: str, ft: FinetuneConfig) -> SplitResult:
+def score_tagging(model, tokenizer, data: Dataset, split: str, ft: FinetuneConfig,
+                  encoded: Dataset | None = None) -> SplitResult:
     labels = tag_names(data)
     model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if model_labels != labels:
         raise LmforgeError(f"the model's labels {model_labels} are not the dataset's tags {labels} in the same "
                            "order; evaluate on the dataset the model was fine-tuned on")
-    encoded = encode_tagging(data, tokenizer, ft.max_seq_length, labels, f"split {split!r}")
+    if encoded is None:
+        encoded = encode_tagging(data, tokenizer, ft.max_seq_length, labels, f"split {split!r}")
     true, pred = predict_tags(model, tagging_loader(encoded, tokenizer, ft.train.batch_size, False), labels)
     # Tags per word; a sentence cut at max_seq_length has tags for its kept words only.
     rows = [{"split": split, "id": row.get("id", str(i)), "tokens": row["tokens"], "tags": gold, "prediction": tags}
