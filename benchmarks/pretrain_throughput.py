@@ -13,13 +13,8 @@ and writes reports/bench/pretrain_throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import platform
-import random
 import tempfile
-import time
 from itertools import chain
 from pathlib import Path
 
@@ -27,16 +22,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import datasets  # noqa: E402
 import lightning as L  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import (  # noqa: E402
-    BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel, PrinterCallback, Trainer, TrainerCallback,
+    BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel, PrinterCallback, Trainer,
     TrainingArguments, default_data_collator,
 )
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 from components.config import BertTokenizerConfig, DemoConfig, GptTokenizerConfig, MaskingConfig, ModelConfig, TrainConfig  # noqa: E402
 from components.data.demo import build_demo  # noqa: E402
@@ -48,117 +40,8 @@ from components.pretraining.module import BertPretrainModule, GptPretrainModule 
 from components.pretraining.throughput import ThroughputLogger, measure_peak_flops  # noqa: E402
 from components.pretraining.trainer import PretrainDataModule, resolve_accelerator, unwrap  # noqa: E402
 from components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer  # noqa: E402
-
-try:  # installed with SQLAlchemy (mlflow, prefect); without it the contestants run one after another
-    import greenlet
-except ImportError:  # pragma: no cover
-    greenlet = None
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-REFERENCE = "reference 32"
-
-
-def bf16_available() -> bool:
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
-# ---------------------------------------------------------------------------- taking turns
-
-
-class Turns:
-    """Round-robin among contestants on one OS thread, as greenlets: one OpenMP thread pool, as a
-    run alone has (threads would each start their own pool and slow every contestant down)."""
-
-    def __init__(self, contestants: list):
-        self.contestants = contestants
-
-    def hand_over(self) -> None:
-        if greenlet is not None and greenlet.getcurrent().parent is not None:
-            greenlet.getcurrent().parent.switch()
-
-    def run(self) -> list:
-        if greenlet is None:
-            return [contestant(self) for contestant in self.contestants]
-        lets = [greenlet.greenlet(lambda c=c: c(self)) for c in self.contestants]
-        results, order = [None] * len(lets), list(range(len(lets)))
-        while any(not g.dead for g in lets):
-            for i in order:
-                if not lets[i].dead:
-                    result = lets[i].switch()  # an exception in a contestant is raised here
-                    if lets[i].dead:
-                        results[i] = result
-            order.reverse()  # A B C, C B A: no contestant always follows the same one
-        return results
-
-
-class Clock:
-    """One contestant's steps: losses, and the seconds and tokens of the steps after warm-up.
-
-    Every `window` steps past warm-up it hands over; process-wide state (random generators, the
-    deterministic-algorithms flags) is kept across the hand-over, so each trains as it would alone.
-    """
-
-    def __init__(self, turns: Turns, args: argparse.Namespace):
-        self.turns, self.total, self.warmup, self.window = turns, args.steps, args.warmup, args.window
-        self.done, self.steps, self.tokens, self.positions, self.sequences, self.seconds = 0, 0, 0, 0, 0, 0.0
-        self.losses: list[torch.Tensor] = []
-        self.start, self.created, self.warmup_seconds = None, time.perf_counter(), 0.0
-
-    def step_end(self, batch: dict, loss: torch.Tensor) -> None:
-        self.losses.append(loss.detach().float())
-        self.done += 1
-        if self.start is not None:
-            _sync()
-            self.seconds += time.perf_counter() - self.start
-            tokens, positions, sequences = tokens_of(batch)
-            self.steps, self.tokens = self.steps + 1, self.tokens + tokens
-            self.positions, self.sequences = self.positions + positions, self.sequences + sequences
-        if self.done == self.warmup:
-            _sync()
-            self.warmup_seconds = time.perf_counter() - self.created  # set-up, first steps, compilation
-        past = self.done - self.warmup
-        if self.done < self.total and past >= 0 and past % self.window == 0:
-            state = global_state()
-            self.turns.hand_over()
-            restore_global_state(state)
-        # The next step, its data loading included, is timed.
-        self.start = time.perf_counter() if self.warmup <= self.done < self.total else None
-
-    def final_loss(self, last: int = 10) -> float:
-        return float(torch.stack(self.losses[-last:]).mean())
-
-
-def tokens_of(batch: dict) -> tuple[int, int, int]:
-    """(non-padding tokens, positions computed, sequences) of a batch, counted alike for both sides."""
-    mask, ids = batch.get("attention_mask"), batch["input_ids"]
-    return (int(mask.sum()) if mask is not None else ids.numel()), ids.numel(), ids.shape[0]
-
-
-def _sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def global_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state(),
-             "grad": torch.is_grad_enabled(), "fill": torch.utils.deterministic.fill_uninitialized_memory,
-             "deterministic": (torch.are_deterministic_algorithms_enabled(),
-                               torch.is_deterministic_algorithms_warn_only_enabled())}
-    return {**state, "cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else state
-
-
-def restore_global_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["random"])
-    np.random.set_state(state["numpy"])
-    torch.set_grad_enabled(state["grad"])
-    torch.utils.deterministic.fill_uninitialized_memory = state["fill"]
-    torch.use_deterministic_algorithms(state["deterministic"][0], warn_only=state["deterministic"][1])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
+from racing import (DEVICE, REFERENCE, Clock, HFClock, Turns, bf16_available, environment, greenlet,  # noqa: E402
+                    quiet_and_restored, write_report)
 
 # ---------------------------------------------------------------------------- the two sides
 
@@ -172,10 +55,8 @@ def lmforge_contestant(kind, build_model, train, collate, cfg: TrainConfig, args
         model = build_model()
         module = (BertPretrainModule if kind == "bert" else GptPretrainModule)(model, cfg, args.steps)
         data = PretrainDataModule(train, train, collate, collate, cfg, args.steps)
-        clock, accelerator = Clock(turns, args), resolve_accelerator(cfg.accelerator)
-        timer = L.Callback()
-        timer.on_train_batch_end = lambda trainer, module, outputs, batch, i: clock.step_end(batch, outputs["loss"])
-        callbacks = [ThroughputLogger(flops_for(model, args.seq_len), peak), timer]
+        clock, accelerator = Clock(turns, args.steps, args.warmup, args.window), resolve_accelerator(cfg.accelerator)
+        callbacks = [ThroughputLogger(flops_for(model, args.seq_len), peak), clock.timer()]
         with tempfile.TemporaryDirectory() as root:
             trainer = L.Trainer(
                 max_steps=args.steps, max_epochs=-1, accelerator=accelerator, devices=cfg.devices,
@@ -192,27 +73,6 @@ def lmforge_contestant(kind, build_model, train, collate, cfg: TrainConfig, args
     return contest
 
 
-class _HFClock(TrainerCallback):
-    """Steps end in the Trainer's callback; tokens and loss are read by hooks on the model's forward,
-    so the Trainer needs no logging."""
-
-    def __init__(self, clock: Clock, model: torch.nn.Module):
-        self.clock, self.batch, self.loss = clock, None, None
-        model.register_forward_pre_hook(self._inputs, with_kwargs=True)
-        model.register_forward_hook(self._outputs)
-
-    def _inputs(self, module, args, kwargs):
-        if module.training:
-            self.batch = {k: kwargs[k] for k in ("input_ids", "attention_mask") if k in kwargs}
-
-    def _outputs(self, module, args, output):
-        if module.training:
-            self.loss = output.loss.detach()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.clock.step_end(self.batch, self.loss)
-
-
 # run_mlm.py / run_clm.py train from scratch on the model type's default config with these overridden.
 SIZES = {"bert": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "max_position_embeddings", "pad_token_id"),
@@ -226,7 +86,7 @@ def reference_contestant(kind, ours_config, dataset, collator, cfg: TrainConfig,
     config = type(ours_config)(**{key: getattr(ours_config, key) for key in SIZES[kind]})
 
     def contest(turns: Turns) -> dict:
-        clock = Clock(turns, args)
+        clock = Clock(turns, args.steps, args.warmup, args.window)
         with tempfile.TemporaryDirectory() as out:
             training = TrainingArguments(
                 output_dir=out, per_device_train_batch_size=cfg.batch_size, max_steps=args.steps,
@@ -237,7 +97,7 @@ def reference_contestant(kind, ours_config, dataset, collator, cfg: TrainConfig,
             torch.manual_seed(cfg.seed)  # run_*.py builds the model after set_seed(training_args.seed)
             model = (BertForMaskedLM if kind == "bert" else GPT2LMHeadModel)._from_config(config)
             trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=collator,
-                              callbacks=[_HFClock(clock, model)])
+                              callbacks=[HFClock(clock, model)])
             trainer.remove_callback(PrinterCallback)  # its summary line after training, not timed anyway
             trainer.train()
         return {"model": model, "clock": clock}
@@ -383,11 +243,7 @@ def summarise(rows: dict) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    saved, verbosity, bars = global_state(), hf_logging.get_verbosity(), datasets.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    try:
+    with quiet_and_restored():
         heads = None if args.hidden is None else max(1, args.hidden // 64)
         model_cfg = ModelConfig(preset=args.preset, hidden_size=args.hidden, num_layers=args.layers, num_heads=heads,
                                 dropout=0.1, max_position_embeddings=max(512, args.seq_len))
@@ -397,11 +253,6 @@ def main(argv=None) -> dict:
             peaks["bf16"] = measure_peak_flops(DEVICE, torch.bfloat16, seconds=args.peak_seconds)
         corpus = build_demo(DemoConfig(entities=40, corpus_documents=args.documents))["corpus"]
         results = {kind: bench_model(kind, args, model_cfg, corpus, peaks, precisions) for kind in args.models.split(",")}
-    finally:
-        restore_global_state(saved)
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            datasets.enable_progress_bars()
     report = {
         "config": {**vars(args), "layers_hidden_heads_intermediate": list(model_cfg.sizes), "dropout": model_cfg.dropout,
                    "bert_loss": "masked-LM loss alone: lmforge trains objective 'none' (no sentence-pair head), "
@@ -414,19 +265,8 @@ def main(argv=None) -> dict:
         "environment": environment(precisions),
     }
     print_table(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.out)
     return report
-
-
-def environment(precisions: list[str]) -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpus = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    device = torch.cuda.get_device_name() if DEVICE == "cuda" else (cpus or [platform.machine()])[0]
-    return {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-            "lightning": L.__version__, "device": device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "bf16": bf16_available(), "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()),
-            "lmforge_precision": precisions, "reference_precision": "32"}
 
 
 def print_table(report: dict) -> None:
