@@ -105,3 +105,35 @@ def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs:
     sh("git", "add", "-A", cwd=root)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
     return root
+
+
+# ------------------------------------------------------------------ docs/reliability.md from tests/faults/
+
+_reliability = None  # the ReliabilityReport of the xdist controller (or of a run without xdist)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    if call.when == "setup" and item.nodeid.startswith("tests/faults/"):
+        from tests.reliability import describe
+
+        item.user_properties.extend(describe(item))  # every phase's report carries them, across xdist too
+    yield
+
+
+def pytest_configure(config):
+    global _reliability
+    if not hasattr(config, "workerinput"):
+        from tests.reliability import ReliabilityReport
+
+        _reliability = ReliabilityReport(config)
+
+
+def pytest_runtest_logreport(report):
+    if _reliability is not None:
+        _reliability.add(report)
+
+
+def pytest_sessionfinish(session):
+    if _reliability is not None and (path := _reliability.write()):
+        session.config.get_terminal_writer().line(f"\nwrote {path.relative_to(REPO)}")
