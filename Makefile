@@ -32,10 +32,11 @@ demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/lmforge pipeline
 	$(BIN)/dvc metrics show
 
-# Every test, the slow end-to-end ones included (what CI runs).
+# Every test, the slow end-to-end ones included (what CI runs). Three workers on two cores: many
+# tests wait on a server or a child process (measured: 7.7 min against 9.0 with two).
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 -m "slow or not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 3 -m "slow or not slow"
 
 # The fast tests only, for the edit-test loop.
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 3

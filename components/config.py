@@ -433,6 +433,24 @@ class TrackingConfig(Section):
     experiment: str = Field("lmforge", description="stage runs outside flows; each flow uses <experiment>-<flow>")
     enabled: bool = True
     ui_url: str = Field("http://127.0.0.1:5000", description="where `mlflow ui` shows this store (for links in reports)")
+    # MLflow's own defaults (7 retries, backoff factor 2, 120 s) wait minutes on a server that is gone.
+    http_retries: int = Field(2, ge=0, le=10, description="an http(s) tracking server: retries of a failed request "
+                                                          "(MLFLOW_HTTP_REQUEST_MAX_RETRIES)")
+    http_backoff_factor: int = Field(1, ge=0, le=120, description="seconds; retry n waits factor * 2^(n-1) "
+                                                                  "(MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR)")
+    http_timeout_s: int = Field(20, ge=1, description="seconds one request may wait for the server "
+                                                      "(MLFLOW_HTTP_REQUEST_TIMEOUT)")
+
+    @field_validator("uri", "ui_url")
+    @classmethod
+    def _no_password(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        # params.yaml goes to git and flow parameters to Prefect; MLflow reads credentials from the environment.
+        if urlsplit(v).password is not None:
+            raise ValueError("a password in the URL would be saved in params.yaml and Prefect; set "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment instead")
+        return v
 
 
 # ---------------------------------------------------------------------------------------- params
@@ -568,24 +586,48 @@ def _explain(err: dict[str, Any]) -> str:
     return f"{err['msg']}, got {got!r}"
 
 
-def write_params(params: Params, path: str | Path = DEFAULT_PARAMS) -> list[str]:
+def write_params(params: Params, path: str | Path = DEFAULT_PARAMS, base: Params | None = None) -> list[str]:
     """Make the params file say `params`, changing only the keys that differ; return those keys.
 
     Flows take params from the Prefect form or from -S overrides, but DVC decides what is up to
     date from params.yaml, so the file must hold what ran (as `dvc exp run -S` writes it).
     DVC's modify_yaml round-trips the file, keeping its comments.
+
+    With `base` (the params a flow started from), only what the flow changed relative to it is
+    written, so flows running at once each add their own fine-tuning runs instead of writing back
+    the file as they first read it. The read-modify-write holds a lock on the file.
     """
     from dvc.utils.serialize import modify_yaml
 
     path = Path(path)
-    current = load_params(path).model_dump(mode="json") if path.exists() else {}
-    wanted = params.model_dump(mode="json")
-    changed = _differences(current, wanted)
-    if changed or not path.exists():
-        with modify_yaml(path) as data:
-            for dotted in changed or list(wanted):
-                _set_dotted(data, dotted, _get_dotted(wanted, dotted))
+    with params_file_lock(path):
+        current = load_params(path).model_dump(mode="json") if path.exists() else {}
+        wanted = params.model_dump(mode="json")
+        if base is not None:
+            mine = _differences(base.model_dump(mode="json"), wanted)
+            changed = [key for key in mine if key in _differences(current, wanted)]
+        else:
+            changed = _differences(current, wanted)
+        if changed or not path.exists():
+            with modify_yaml(path) as data:
+                for dotted in changed or list(wanted):
+                    try:
+                        _set_dotted(data, dotted, _get_dotted(wanted, dotted))
+                    except KeyError:  # gone from `params` (a fine-tuning run removed): gone from the file
+                        _delete_dotted(data, dotted)
     return changed
+
+
+def params_file_lock(path: Path):
+    """An exclusive lock for rewriting the params file, shared by every lmforge process on this host."""
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    # Kept out of the repository, so neither git nor DVC sees the lock file.
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"lmforge-params-{key}.lock")
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -599,6 +641,14 @@ def _get_dotted(tree: dict, dotted: str) -> Any:
     for part in dotted.split("."):
         tree = tree[part]
     return tree
+
+
+def _delete_dotted(tree: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    if isinstance(tree, dict):
+        tree.pop(last, None)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

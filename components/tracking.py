@@ -4,24 +4,36 @@ A flow opens a parent run and sets `parent_run`; every stage run opened while it
 nested under it (MLflow's `mlflow.parentRunId` tag), so the UI shows a flow run with its stages.
 Stages outside a flow (the CLI, `dvc repro`) get top-level runs. A ContextVar, not an environment
 variable, because Prefect runs tasks in threads and copies the context into each of them.
+
+A tracking server that is down (an http(s) `tracking.uri`) costs seconds, not minutes: MLflow's
+request retries come from `tracking.http_*`, a stage checks that the server answers before it
+trains, and a server that goes away mid-run ends the stage with one `TrackingUnavailable` naming
+the URI. What the stage wrote to disk (checkpoints, an exported model) stays.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+import os
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
+from time import sleep
 from typing import Any
 
 from components.config import TrackingConfig
+from components.errors import LmforgeError
+
+log = logging.getLogger(__name__)
 
 parent_run: ContextVar[str | None] = ContextVar("lmforge_parent_run", default=None)
 
 
 def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Tags for a new stage run: nested under the current flow run, if any."""
-    tags = dict(extra or {})
+    """Tags for a new stage run: nested under the current flow run, if any; owned by this process."""
+    tags = {**owner_tags(), **(extra or {})}
     if parent := parent_run.get():
         tags["mlflow.parentRunId"] = parent
     return tags
@@ -34,11 +46,18 @@ def mlflow_logger(tracking: TrackingConfig, run_name: str, run_id_file: Path | N
     """
     if not tracking.enabled:
         return None
+    check_server(tracking)
     from lightning.pytorch.loggers import MLFlowLogger
 
     run_id = run_id_file.read_text().strip() if run_id_file is not None and run_id_file.exists() else None
-    return MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=tracking.uri, run_name=run_name,
-                        run_id=run_id, log_model=False, tags=run_tags() if run_id is None else None)
+    if run_id is None:  # created here, race-safe, rather than by the logger's unguarded lookup-then-create
+        client = tracking_client(tracking, run_name)
+        fail_dead_runs(client, experiment_id(client, tracking.experiment))
+    logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=tracking.uri, run_name=run_name,
+                          run_id=run_id, log_model=False, tags=run_tags() if run_id is None else None)
+    # Every request the logger makes (run creation, metrics, finalize) goes through this client.
+    logger._mlflow_client = GuardedClient(logger._mlflow_client, tracking, run_name)
+    return logger
 
 
 @contextlib.contextmanager
@@ -48,18 +67,152 @@ def client_run(tracking: TrackingConfig, run_name: str, tags: dict[str, str] | N
     Through the client, not `mlflow.start_run`, so no process-wide active run leaks between
     stages that share a process (flow tasks run in threads).
     """
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking.uri)
-    experiment = client.get_experiment_by_name(tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment)
-    run = client.create_run(experiment_id, run_name=run_name, tags=run_tags(tags))
+    check_server(tracking)
+    client = tracking_client(tracking, run_name)
+    experiment = experiment_id(client, tracking.experiment)
+    fail_dead_runs(client, experiment)
+    run = client.create_run(experiment, run_name=run_name, tags=run_tags(tags))
     try:
         yield client, run.info.run_id
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+    except BaseException as error:
+        if not isinstance(error, TrackingUnavailable):  # with the server gone, the run cannot be ended
+            client.set_terminated(run.info.run_id, "FAILED")
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment `name`, created if missing; safe when several processes create it at once."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another process created it between the lookup and here
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+# ------------------------------------------------------------------ a tracking server that is down
+
+
+class TrackingUnavailable(LmforgeError):
+    """The MLflow tracking server does not answer. The user fixes it (start the server, correct the
+    URI), so the CLI prints one line; it may also pass by itself, so flows retry it (`transient`)."""
+
+    transient = True
+
+
+def remote(tracking: TrackingConfig) -> bool:
+    return tracking.uri.startswith(("http://", "https://"))
+
+
+def use_http_settings(tracking: TrackingConfig) -> None:
+    """MLflow's request retries, backoff and timeout from `tracking.http_*` (they win over the
+    environment). MLflow reads these variables at each request, for every client in the process."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking.http_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(tracking.http_backoff_factor)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(tracking.http_timeout_s)
+
+
+def check_server(tracking: TrackingConfig) -> None:
+    """Fail fast: TrackingUnavailable unless an http(s) tracking server answers its /health, within
+    the same bounded retries as MLflow's requests. Stages call it before they train."""
+    if not (tracking.enabled and remote(tracking)):
+        return
+    import requests
+
+    use_http_settings(tracking)
+    problem = ""
+    for attempt in range(tracking.http_retries + 1):
+        if attempt:
+            sleep(tracking.http_backoff_factor * 2 ** (attempt - 1))
+        try:
+            response = requests.get(tracking.uri.rstrip("/") + "/health", timeout=tracking.http_timeout_s)
+        except requests.RequestException as error:
+            problem = _no_answer(error, tracking) or type(error).__name__
+            continue
+        if response.status_code < 500:  # any answer but a server error: it is up (/health may need no login)
+            return
+        problem = f"HTTP {response.status_code}"
+    raise TrackingUnavailable(f"tracking.uri {tracking.uri}: the MLflow tracking server does not answer "
+                              f"({problem}; {tracking.http_retries + 1} attempts); start it, or change tracking.uri")
+
+
+@contextlib.contextmanager
+def server_errors(tracking: TrackingConfig, during: str) -> Iterator[None]:
+    """A request to the tracking server that got no answer (after MLflow's retries) leaves this
+    block as one TrackingUnavailable naming the URI and `during`, not as MLflow's traceback."""
+    try:
+        yield
+    except TrackingUnavailable:
+        raise
+    except Exception as error:
+        problem = _no_answer(error, tracking)
+        if problem is None:
+            raise
+        raise TrackingUnavailable(
+            f"tracking.uri {tracking.uri}: the MLflow tracking server stopped answering during {during} "
+            f"({problem}; {tracking.http_retries + 1} attempts); what was written to disk is kept: start the server "
+            "and run it again") from None  # the message says it all; MLflow's is a page of urllib3
+
+
+def tracking_client(tracking: TrackingConfig, during: str) -> GuardedClient:
+    """An MlflowClient on `tracking.uri` whose calls raise TrackingUnavailable when the server is gone."""
+    import mlflow
+
+    use_http_settings(tracking)
+    return GuardedClient(mlflow.MlflowClient(tracking_uri=tracking.uri), tracking, during)
+
+
+class GuardedClient:
+    """Wraps an MlflowClient: each call runs inside `server_errors`. Anything else passes through."""
+
+    def __init__(self, client, tracking: TrackingConfig, during: str):
+        self._client, self._tracking, self._during = client, tracking, during
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # keeps pickling and copying away from the wrapped client
+            raise AttributeError(name)
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            with server_errors(self._tracking, self._during):
+                return attr(*args, **kwargs)
+        return call
+
+
+def _no_answer(error: BaseException, tracking: TrackingConfig) -> str | None:
+    """Why a request to the tracking server got no answer ("connection refused", ...), or None
+    when `error` is not about reaching that server (a bad request, another host, a bug)."""
+    if not remote(tracking):
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking.uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    ours = (tracking.uri.rstrip("/"), f"host='{parts.hostname}', port={port}")
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:  # MLflow re-raises without `from`: follow the context
+        seen.add(id(error))
+        text = f"{type(error).__name__}: {error}"
+        if any(marker in text for marker in ours):
+            for marker, problem in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                                    ("too many 5", "server errors"), ("Max retries exceeded", "no connection"),
+                                    ("RemoteDisconnected", "connection dropped"),
+                                    ("Connection reset", "connection dropped"),
+                                    ("Connection aborted", "connection dropped")):
+                if marker in text:
+                    return problem
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def flatten_params(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -71,3 +224,44 @@ def flatten_params(tree: dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+# ------------------------------------------------------------------ runs of killed processes
+
+# Every run lmforge creates names its process, so a later run can tell a live run from one whose
+# process was killed (SIGKILL, out of memory, a lost machine) and so never ended it.
+PID_TAG, HOST_TAG, KILLED_TAG = "lmforge.pid", "lmforge.host", "lmforge.killed"
+
+
+def owner_tags() -> dict[str, str]:
+    from components.atomic import HOST
+
+    return {PID_TAG: str(os.getpid()), HOST_TAG: HOST}
+
+
+def fail_dead_runs(client, experiment: str) -> list[str]:
+    """End FAILED (tagged lmforge.killed=true) every RUNNING run of `experiment` that a process of
+    this host created and that process is gone; return their ids. A stage calls it before it
+    creates its run, so a killed attempt does not stay RUNNING beside the run that replaces it."""
+    from components.atomic import HOST
+
+    runs = client.search_runs([experiment], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{HOST}'",
+                              max_results=1000)
+    return [run.info.run_id for run in runs if fail_if_dead(client, run)]
+
+
+def fail_if_dead(client, run) -> bool:
+    """End `run` (an mlflow Run) FAILED if it is RUNNING and the process on this host that created it is gone."""
+    from components.atomic import HOST, process_alive
+
+    tags = run.data.tags
+    pid = tags.get(PID_TAG, "")
+    if run.info.status != "RUNNING" or tags.get(HOST_TAG) != HOST or not pid.isdigit():
+        return False  # not ours, ended, or on another machine, where its process cannot be checked
+    if process_alive(int(pid), since=run.info.start_time / 1000):
+        return False
+    client.set_tag(run.info.run_id, KILLED_TAG, "true")
+    client.set_terminated(run.info.run_id, "FAILED")
+    log.warning("MLflow run %s (%s) was left RUNNING by process %s, which is gone: marked FAILED",
+                run.info.run_id, run.info.run_name, pid)
+    return True

@@ -1,7 +1,9 @@
 """Prefect tasks around lmforge's stages: skip what DVC says is current, run, record in DVC.
 
 Retries are for transient faults only (a tracking server that refused a connection); a user
-error (LmforgeError) or a bug fails the task at once with its message in the flow's log.
+error (LmforgeError) or a bug fails the task at once with its message in the flow's log. A stage
+whose tracking server stops answering fails with one TrackingUnavailable naming the URI, which is
+both: retried `orchestration.retries` times, then reported as that one line.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.errors import LmforgeError
 from components.stages import PlannedStage
+from components.tracking import server_errors
 from components.versioning import DvcProject
 
 TRANSIENT_MARKERS = ("Connection refused", "Max retries exceeded", "Temporary failure in name resolution",
@@ -32,6 +35,8 @@ class StageOutcome:
 
 def is_transient(error: BaseException | None) -> bool:
     """Worth retrying: the network or a server, never the user's input or our code."""
+    if getattr(error, "transient", False):  # TrackingUnavailable: a user error that may pass by itself
+        return True
     if error is None or isinstance(error, LmforgeError):
         return False
     if isinstance(error, (ConnectionError, TimeoutError)):
@@ -61,7 +66,8 @@ def run_stage(planned: PlannedStage, force: bool = False, root: str = ".") -> St
     logger.info("%s: running (%s)", planned.dvc_name, reason)
     start = time.perf_counter()
     try:
-        outputs = planned.function(planned.params)
+        with server_errors(planned.params.tracking, planned.dvc_name):  # the stage's own MLflow calls too
+            outputs = planned.function(planned.params)
     except LmforgeError as error:
         logger.error("%s: %s", planned.dvc_name, error)
         raise

@@ -13,6 +13,8 @@ import pytest  # noqa: E402
 from datasets import Dataset, DatasetDict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# Seconds a test waits for a server it starts (Prefect, MLflow): slow to start while other tests load both cores.
+STARTUP_S = 180
 
 CORPUS = [
     "Talia Brandt was born in Velmora in 1972. She studied chemistry at the Orvane Institute. "

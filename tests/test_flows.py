@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import make_project, sh
+from tests.conftest import STARTUP_S, make_project, sh
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=STARTUP_S):
         yield
 
 
