@@ -68,7 +68,8 @@ def lmforge_contestant(task: str, train_split, folder: Path, ft: FinetuneConfig,
         L.seed_everything(cfg.seed, workers=True, verbose=False)  # before the head is drawn, as the stage does
         num_labels, extra = label_config(task)
         run = FinetuneRun(task=task, model="bert", init=str(folder))
-        model, tokenizer = load_init(run, ft.models_dir, num_labels, BertForSequenceClassification, **extra)
+        model, tokenizer = load_init(run, ft.models_dir, num_labels, BertForSequenceClassification,
+                                     max_seq_length=ft.max_seq_length, **extra)
         loader = glue_loader(encode_glue(train_split, task, tokenizer, ft.max_seq_length), tokenizer,
                              cfg.batch_size, True, cfg.seed, cfg.num_workers)
         module = ClassificationModule(model, task, cfg, total_steps(cfg, loader))

@@ -8,6 +8,7 @@ normalizer, pre-tokenizer and post-processor every BERT / GPT-2 user expects fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -128,11 +129,11 @@ def train_tokenizers(cfg: TokenizerConfig, corpus_dir: Path, out_dir: Path, metr
         "gpt": train_gpt_tokenizer(train, cfg.gpt),
     }
     metrics, paths = {}, {}
-    for name, tokenizer in trained.items():
-        metrics[name] = tokenizer_metrics(tokenizer, heldout_texts)
-        with atomic_dir(Path(out_dir) / name) as tmp:
-            tokenizer.save_pretrained(str(tmp))
-        paths[name] = Path(out_dir) / name
-        log.info("%s tokenizer: %s", name, metrics[name])
+    with contextlib.ExitStack() as saving:  # both saved before either replaces its previous version
+        for name, tokenizer in trained.items():
+            metrics[name] = tokenizer_metrics(tokenizer, heldout_texts)
+            tokenizer.save_pretrained(str(saving.enter_context(atomic_dir(Path(out_dir) / name))))
+            paths[name] = Path(out_dir) / name
+            log.info("%s tokenizer: %s", name, metrics[name])
     write_json(metrics_path, metrics)
     return paths

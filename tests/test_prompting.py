@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from components.config import GptTokenizerConfig, PromptConfig, PromptRun, TrackingConfig
@@ -177,7 +178,7 @@ def test_user_mistakes_fail_clearly(workspace, tmp_path):
     (no_weights / "config.json").write_text((root / "models" / "gpt-pretrained" / "config.json").read_text())
     with pytest.raises(LmforgeError, match=r"no model.safetensors \(found config.json\)"):
         prompt_classify(config(root), PromptRun(task="sst2", init=str(no_weights)), root / "raw", OFF)
-    (no_weights / "model.safetensors").write_bytes(b"")
+    save_file({"bert.embeddings.word_embeddings.weight": torch.zeros(4, 2)}, no_weights / "model.safetensors")
     (no_weights / "config.json").write_text(json.dumps({"architectures": ["BertForPreTraining"], "model_type": "bert"}))
     with pytest.raises(LmforgeError, match=r"a BertForPreTraining checkpoint, expected a causal language model"):
         prompt_classify(config(root), PromptRun(task="sst2", init=str(no_weights)), root / "raw", OFF)

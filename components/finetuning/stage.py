@@ -66,7 +66,8 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
     train = cfg.train
     # Seeded before the model is built: the seed fixes a new head's (or a scratch model's) weights too.
     L.seed_everything(train.seed, workers=True, verbose=False)
-    model, tokenizer = load_init(run, cfg.models_dir, len(labels), model_class, **extra)
+    model, tokenizer = load_init(run, cfg.models_dir, len(labels), model_class, max_seq_length=cfg.max_seq_length,
+                                 **extra)
     if gpt:  # GPT-2 has no pad token: pad with end-of-text, which the head skips when finding the last token
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.eos_token_id
@@ -94,7 +95,7 @@ def finetune_qa(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: 
     train = cfg.train
     L.seed_everything(train.seed, workers=True, verbose=False)
     # Two outputs per token: its start and its end logit.
-    model, tokenizer = load_init(run, cfg.models_dir, 2, BertForQuestionAnswering)
+    model, tokenizer = load_init(run, cfg.models_dir, 2, BertForQuestionAnswering, max_seq_length=cfg.max_seq_length)
 
     train_windows = encode_qa(data["train"], tokenizer, cfg, train=True)
     val_windows = encode_qa(data["validation"], tokenizer, cfg, train=False)
@@ -116,7 +117,8 @@ def finetune_tagging(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, track
     train = cfg.train
     L.seed_everything(train.seed, workers=True, verbose=False)
     model, tokenizer = load_init(run, cfg.models_dir, len(labels), BertForTokenClassification,
-                                 id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+                                 max_seq_length=cfg.max_seq_length, id2label=dict(enumerate(labels)),
+                                 label2id={name: i for i, name in enumerate(labels)})
 
     eval_splits = [s for s in ("validation", "test") if s in data and set(TAGGING_COLUMNS) <= set(data[s].column_names)]
     folder = Path(raw_dir) / (run.dataset or run.task)

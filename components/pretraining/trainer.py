@@ -11,11 +11,13 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from components.atomic import atomic_dir
+from components.atomic import atomic_dir, atomic_file
 from components.config import TrackingConfig, TrainConfig
+from components.errors import LmforgeError
 from components.pretraining.collate import IndexedDataset, ResumableBatchSampler
 from components.pretraining.module import PretrainModule
 from components.pretraining.throughput import ThroughputLogger, measure_peak_flops
@@ -79,11 +81,20 @@ def fit(
     params: dict[str, Any],
     flops_per_token: float,
 ) -> FitResult:
-    """Train (resuming from run_dir/checkpoints/last.ckpt when its config matches) and return metrics."""
+    """Train (resuming from run_dir/checkpoints/last.ckpt when its config matches) and return metrics.
+
+    Each attempt is its own MLflow run; a resumed one is tagged `lmforge.resumed_from` with the run
+    of the attempt it resumes, which ends FAILED if a killed process left it RUNNING.
+    """
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / "checkpoints"
-    resume = _resumable(run_dir, params)
-    logger = mlflow_logger(tracking, run_name, run_dir / "mlflow_run_id" if resume else None)
+    ckpt = checkpoint_dir / "last.ckpt"
+    resume = _resumable(run_dir, params) and ckpt.exists()
+    if resume:  # a corrupt checkpoint fails now, before any run starts (memory-mapped: read once, for its checksums)
+        load_checkpoint(ckpt, map_location="cpu", mmap=True, verify=True)
+    run_id_file = run_dir / "mlflow_run_id"
+    previous_run = run_id_file.read_text().strip() if resume and run_id_file.exists() else None
+    logger = mlflow_logger(tracking, run_name)
     accelerator = resolve_accelerator(cfg.accelerator)
     peak = measure_peak_flops("cuda" if accelerator == "gpu" else "cpu",
                               torch.bfloat16 if "bf16" in cfg.precision else torch.float32)
@@ -113,24 +124,104 @@ def fit(
         deterministic=accelerator == "cpu",
         logger=logger if logger is not None else False,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     if logger is not None:
         logger.log_hyperparams(flatten_params(params))
-        (run_dir / "mlflow_run_id").write_text(logger.run_id)
+        if previous_run:
+            _continues(logger.experiment, logger.run_id, previous_run)
+        run_id_file.write_text(logger.run_id)
     (run_dir / "params.json").write_text(json.dumps(params, sort_keys=True))
-    ckpt = checkpoint_dir / "last.ckpt"
-    if resume and ckpt.exists():
+    if resume:
         log.info("resuming from %s", ckpt)
-    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume and ckpt.exists() else None,
-                weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
     trainer.validate(module, datamodule=data, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     metrics["steps"] = trainer.global_step
     return FitResult(module, metrics, logger.run_id if logger else None, throughput.mean_tokens_per_s,
                      throughput.mean_tokens_per_s * flops_per_token / peak, module.history)
+
+
+def _continues(client, run_id: str, previous_run: str) -> None:
+    """Tag run `run_id` as the resumption of `previous_run`, and end that one FAILED if it was killed."""
+    from mlflow.exceptions import MlflowException
+
+    from components.tracking import fail_if_dead
+
+    client.set_tag(run_id, "lmforge.resumed_from", previous_run)
+    try:
+        fail_if_dead(client, client.get_run(previous_run))
+    except MlflowException:  # deleted, or in another tracking store
+        log.info("the resumed attempt's MLflow run %s is not in this tracking store", previous_run)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written whole or not at all, and one clear error for one that cannot be read.
+
+    Lightning's own writer moves a finished file from the system temporary folder into place,
+    which is a plain copy (a half-written `last.ckpt` if the process dies) when that folder is on
+    another disk: here the temporary file sits beside the checkpoint and is renamed over it.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        with atomic_file(path, "wb", durable=True) as f:
+            torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load_checkpoint(Path(path), map_location)
+
+
+def load_checkpoint(path: Path, map_location=None, mmap: bool = False, verify: bool = False) -> dict:
+    """A Lightning checkpoint of a pretraining run, loaded with weights_only=True; LmforgeError naming
+    the file when it is truncated, corrupt or not such a checkpoint. With `verify`, every part of
+    the file is checked against the CRC-32 torch.save recorded for it (bytes changed on disk)."""
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    start_over = f"delete it to start the run over from step 0 (or delete {path.parent.parent} to start afresh)"
+    problem = _checkpoint_problem(path, verify)
+    if problem is None:
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except Exception as error:  # torch's zip reader and unpickler raise many kinds
+            problem = f"torch.load: {(str(error).strip() or type(error).__name__).splitlines()[0].split('. ')[0][:160]}"
+    if problem is not None:
+        raise LmforgeError(f"{path}: cannot resume from this checkpoint, it is truncated or corrupt ({problem}); "
+                           f"{start_over}")
+    missing = [k for k in ("state_dict", "global_step", "optimizer_states") if not isinstance(checkpoint, dict)
+               or k not in checkpoint]
+    if missing:
+        raise LmforgeError(f"{path}: cannot resume from this checkpoint, it is not a Lightning training checkpoint "
+                           f"(no {', '.join(missing)}); {start_over}")
+    return checkpoint
+
+
+def _checkpoint_problem(path: Path, verify: bool) -> str | None:
+    """What is wrong with the file at `path` as a checkpoint torch.save wrote (a zip archive), or None."""
+    import zipfile
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if size == 0:
+        return "an empty file"
+    if magic != b"PK\x03\x04":
+        return f"{size} bytes that do not begin as a PyTorch checkpoint"
+    if not zipfile.is_zipfile(path):
+        return f"{size} bytes, cut short: the end of its zip archive is missing"
+    if verify:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            return f"its zip archive is damaged: {str(error).splitlines()[0][:120]}"
+        if bad is not None:
+            return f"{bad} does not match its CRC-32: bytes changed after it was written"
+    return None
 
 
 def _resumable(run_dir: Path, params: dict) -> bool:
