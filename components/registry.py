@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from unittest import mock
 
 from components.config import RegistryConfig, TrackingConfig
 from components.errors import LmforgeError
-from components.tracking import client_run
+from components.tracking import client_run, tracking_client
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,35 @@ def champion_model_dir(client, name: str, tracking: TrackingConfig, dest: Path, 
     return folder
 
 
+def registered_init(uri: str, tracking: TrackingConfig, models_dir: str) -> Path:
+    """The HF folder of a fine-tuning init given as models:/<name>[@<alias>] (alias default: champion),
+    downloaded once into <models_dir>/registry/<name>-<alias>. A missing model or alias fails before
+    anything is written."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from components.atomic import atomic_dir
+
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    alias = alias or CHAMPION
+    if tracking.uri.startswith("sqlite:///") and not Path(tracking.uri.removeprefix("sqlite:///")).is_file():
+        raise LmforgeError(f"init {uri}: no MLflow registry at {tracking.uri} (no such file); expected "
+                           "tracking.uri to name the store the model was registered in")
+    client = mlflow.MlflowClient(tracking_uri=tracking.uri)
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException:
+        raise LmforgeError(f"init {uri}: no registered model {name!r} in the registry at {tracking.uri}") from None
+    if alias not in aliases:
+        raise LmforgeError(f"init {uri}: registered model {name!r} has no alias {alias!r} "
+                           f"(its aliases: {', '.join(sorted(aliases)) or 'none'})")
+    dest = Path(models_dir) / "registry" / f"{name}-{alias}"
+    if not dest.exists():
+        with tempfile.TemporaryDirectory() as tmp, atomic_dir(dest) as out:
+            shutil.copytree(champion_model_dir(client, name, tracking, Path(tmp), alias), out, dirs_exist_ok=True)
+    return dest
+
+
 def register(candidate: Candidate, cfg: RegistryConfig, tracking: TrackingConfig,
              rescore: Callable[[Path], float] | None = None) -> Registration:
     """Log `candidate` as a new version of <prefix><name>, tag its lineage, apply the gate.
@@ -152,38 +182,40 @@ def register(candidate: Candidate, cfg: RegistryConfig, tracking: TrackingConfig
     when the champion was measured on other data. A model whose weights are already registered
     (same DVC hash of its folder) is not registered twice.
     """
-    import mlflow
-
     name = f"{cfg.prefix}{candidate.name}"
-    client = mlflow.MlflowClient(tracking_uri=tracking.uri)
-    model_hash = candidate.lineage.get("dvc.model", "")
-    if model_hash and client.search_registered_models(filter_string=f"name = '{name}'"):
-        same = client.search_model_versions(f"name = '{name}' and tag.`dvc.model` = '{model_hash}'")
-        if same:
-            v = max(same, key=lambda mv: int(mv.version))
-            return Registration(name, int(v.version), candidate.metric, candidate.value, None, False,
-                                f"version {v.version} already holds these weights", v.run_id, skipped=True)
+    if not math.isfinite(candidate.value):  # a NaN would never lose the gate's comparison, nor win it
+        raise LmforgeError(f"registry: {candidate.name} has {candidate.metric} = {candidate.value}, not a number the "
+                           f"gate can compare; {candidate.model_dir} is not registered")
+    client = tracking_client(tracking, f"registration of {name}")
+    if same := _already_registered(client, name, candidate):
+        return same
 
     task = pipeline_task(candidate.model_dir)
     with client_run(tracking, f"register-{candidate.name}", {"lmforge.stage": "register"}) as (client, run_id):
         with tempfile.TemporaryDirectory() as tmp:
             _save_pyfunc(candidate, task, Path(tmp) / "model")
             client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
-        if not client.search_registered_models(filter_string=f"name = '{name}'"):
-            client.create_registered_model(name, description=f"lmforge {candidate.name} ({task})")
         tags = {**candidate.lineage, "metric.name": candidate.metric, "metric.value": str(candidate.value),
                 "metric.higher_is_better": str(candidate.higher_is_better), "eval_data": candidate.eval_data_hash,
                 "pipeline_task": task}
-        version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id, tags=tags)
-        client.set_registered_model_alias(name, CANDIDATE, version.version)
+        # One registration of this model at a time from here to the aliases: two at once would both
+        # read the same champion and both move `champion`, the last write winning, not the best model.
+        with registry_lock(tracking.uri, name):
+            if same := _already_registered(client, name, candidate):  # registered meanwhile by another process
+                client.set_tag(run_id, "gate.decision", same.reason)
+                return same
+            _drop_interrupted(client, name, candidate)
+            _create_registered_model(client, name, f"lmforge {candidate.name} ({task})")
+            version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id, tags=tags)
+            client.set_registered_model_alias(name, CANDIDATE, version.version)
 
-        champion = _champion(client, name)
-        champion_value, promoted, reason = _gate(client, name, candidate, champion, cfg, tracking, rescore)
-        if promoted:
-            client.set_registered_model_alias(name, CHAMPION, version.version)
-        for key, value in {"gate.decision": CHAMPION if promoted else CANDIDATE, "gate.reason": reason,
-                           "gate.champion_value": "" if champion_value is None else str(champion_value)}.items():
-            client.set_model_version_tag(name, version.version, key, value)
+            champion = _champion(client, name)
+            champion_value, promoted, reason = _gate(client, name, candidate, champion, cfg, tracking, rescore)
+            if promoted:
+                client.set_registered_model_alias(name, CHAMPION, version.version)
+            for key, value in {"gate.decision": CHAMPION if promoted else CANDIDATE, "gate.reason": reason,
+                               "gate.champion_value": "" if champion_value is None else str(champion_value)}.items():
+                client.set_model_version_tag(name, version.version, key, value)
         client.log_param(run_id, "registered_model", f"{name}/{version.version}")
         client.log_metric(run_id, f"gate/candidate_{candidate.metric}", candidate.value)
         if champion_value is not None:
@@ -192,6 +224,57 @@ def register(candidate: Candidate, cfg: RegistryConfig, tracking: TrackingConfig
     log.info("registered %s version %s: %s", name, version.version, reason)
     return Registration(name, int(version.version), candidate.metric, candidate.value, champion_value, promoted,
                         reason, run_id)
+
+
+def _already_registered(client, name: str, candidate: Candidate) -> Registration | None:
+    """The registration of the version that already holds the candidate's weights (same DVC hash), if any."""
+    model_hash = candidate.lineage.get("dvc.model", "")
+    if not model_hash or not client.search_registered_models(filter_string=f"name = '{name}'"):
+        return None
+    same = client.search_model_versions(f"name = '{name}' and tag.`dvc.model` = '{model_hash}'")
+    same = [mv for mv in same if "gate.decision" in mv.tags]  # a version without it was interrupted
+    if not same:
+        return None
+    v = max(same, key=lambda mv: int(mv.version))
+    return Registration(name, int(v.version), candidate.metric, candidate.value, None, False,
+                        f"version {v.version} already holds these weights", v.run_id, skipped=True)
+
+
+def _drop_interrupted(client, name: str, candidate: Candidate) -> None:
+    """Delete versions of the candidate's weights that an earlier registration created but never
+    gated (the tracking server went away in between), so registering again leaves one whole version."""
+    model_hash = candidate.lineage.get("dvc.model", "")
+    if not model_hash or not client.search_registered_models(filter_string=f"name = '{name}'"):
+        return
+    for mv in client.search_model_versions(f"name = '{name}' and tag.`dvc.model` = '{model_hash}'"):
+        if "gate.decision" not in mv.tags:
+            log.warning("%s version %s was left without a gate decision by an interrupted registration: deleted",
+                        name, mv.version)
+            client.delete_model_version(name, mv.version)
+
+
+def registry_lock(uri: str, name: str):
+    """An exclusive lock for registering `name` in the store at `uri`, shared by lmforge processes on
+    this host (MLflow's registry has no transactions to make the gate atomic)."""
+    import hashlib
+
+    from filelock import FileLock
+
+    key = hashlib.sha1(f"{uri}|{name}".encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"lmforge-registry-{key}.lock")
+
+
+def _create_registered_model(client, name: str, description: str) -> None:
+    """Create `name` unless it exists; another process may create it at the same moment."""
+    from mlflow.exceptions import MlflowException
+
+    if client.search_registered_models(filter_string=f"name = '{name}'"):
+        return
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException:
+        if not client.search_registered_models(filter_string=f"name = '{name}'"):
+            raise
 
 
 def _gate(client, name, candidate: Candidate, champion, cfg: RegistryConfig, tracking, rescore):

@@ -43,11 +43,17 @@ def pretrain_gpt(params: Params) -> list[Path]:
 
 
 def finetune(params: Params) -> list[Path]:
-    """The run named by finetune.task/model/init (dvc.yaml passes each configured run with -S)."""
+    """The run named by finetune.task/model/init (dvc.yaml passes each configured run with -S);
+    an init of models:/<name>@<alias> starts from that registered model."""
     from components.finetuning.stage import finetune as run_finetune
 
     cfg = params.finetune
-    run = FinetuneRun(task=cfg.task, model=cfg.model, init=cfg.init, dataset=cfg.dataset)
+    init = cfg.init
+    if init.startswith("models:/"):
+        from components.registry import registered_init
+
+        init = str(registered_init(init, params.tracking, cfg.models_dir))
+    run = FinetuneRun(task=cfg.task, model=cfg.model, init=init, dataset=cfg.dataset)
     out = run_finetune(cfg, run, Path(params.ingest.out_dir), params.tracking)
     return [out, Path(cfg.reports_dir) / f"{run.name}.json"]
 

@@ -109,7 +109,9 @@ def publish_summary(flow_name: str, params: Params, outcomes: list[StageOutcome]
             lines.append(f"| {link} | {r['version']} | {r['metric']} {r['value']:.4f} | "
                          f"{'yes' if r['promoted'] else 'no'} | {r['reason']} |")
     markdown = "\n".join(lines)
-    create_markdown_artifact(markdown, key=f"lmforge-{flow_name}", description=f"lmforge {flow_name} summary")
+    # Prefect allows lowercase letters, digits and dashes in a key: evaluate_and_register would fail the flow.
+    create_markdown_artifact(markdown, key=f"lmforge-{flow_name.replace('_', '-')}",
+                             description=f"lmforge {flow_name} summary")
     return markdown
 
 
@@ -160,14 +162,17 @@ def finetune(tasks: list[str], model: str = "bert", init: str = "pretrained", pa
              force: bool = False, params_file: str = DEFAULT_PARAMS) -> dict:
     """Fine-tune `model` on each task from `init`: pretrained, scratch, a local HF folder, or a
     registered model as models:/<name>@<alias>. The runs join finetune.runs in params.yaml."""
-    params = (params or load_params(params_file)).model_copy(deep=True)
+    base = resolve_params(params, params_file)
+    params = base.model_copy(deep=True)
     init = _registered_init(params, init) if init.startswith("models:/") else init
     names = []
     for t in tasks:
         run = FinetuneRun(task=t, model=model, init=init)
         params.finetune.runs[run.name] = run
         names.append(run.name)
-    params = resolve_params(params, params_file)
+    # Only the new runs are written: finetune flows running at once each add theirs.
+    if added := write_params(params, params_file, base=base):
+        get_run_logger().info("params.yaml: added %s", ", ".join(added))
     with flow_tracking(params, "finetune") as params:
         outcomes = run_all([*S.finetune_stages(params, names), *S.evaluate_stages(params, names)], params, force)
         registrations = register_models(params, names)
@@ -177,26 +182,9 @@ def finetune(tasks: list[str], model: str = "bert", init: str = "pretrained", pa
 
 def _registered_init(params: Params, uri: str) -> str:
     """Download models:/<name>@<alias> into models/registry/<name>-<alias> and start from there."""
-    import mlflow
+    from components.registry import registered_init
 
-    from components.errors import LmforgeError
-    from components.registry import champion_model_dir
-
-    name, _, alias = uri.removeprefix("models:/").partition("@")
-    client = mlflow.MlflowClient(tracking_uri=params.tracking.uri)
-    try:
-        client.get_model_version_by_alias(name, alias or "champion")
-    except mlflow.exceptions.MlflowException:
-        raise LmforgeError(f"init {uri}: registered model {name!r} has no alias {alias or 'champion'!r}") from None
-    dest = Path(params.finetune.models_dir) / "registry" / f"{name}-{alias or 'champion'}"
-    if not dest.exists():
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = champion_model_dir(client, name, params.tracking, Path(tmp), alias or "champion")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            folder.rename(dest)
-    return str(dest)
+    return str(registered_init(uri, params.tracking, params.finetune.models_dir))
 
 
 @flow(name="evaluate_and_register", log_prints=True)
