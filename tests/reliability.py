@@ -1,7 +1,8 @@
 """docs/reliability.md, generated from the fault tests (tests/faults/) as they run.
 
 Each fault test says in the first line of its docstring what goes wrong and what lmforge does
-about it; parametrized cases add their id. The table gets that line, the outcome and the time.
+about it; parametrized cases list their ids under it. The table gets that line, the outcome and
+the time, and what lmforge told the user where the test records it (`record_property("message", ...)`).
 The document is rewritten only by a run that selects every fault test (no -k, no path inside
 tests/faults/), so a partial run never leaves a partial table behind.
 """
@@ -23,6 +24,8 @@ class Case:
     nodeid: str
     section: str
     case: str
+    variant: str = ""
+    message: str = ""
     outcome: str = "passed"
     seconds: float = 0.0
 
@@ -32,8 +35,7 @@ def describe(item) -> list[tuple[str, str]]:
     module_doc = (item.module.__doc__ or item.module.__name__).strip().splitlines()[0]
     doc = (item.function.__doc__ or item.name).strip().splitlines()[0]
     callspec = getattr(item, "callspec", None)
-    case = f"{doc} [{callspec.id}]" if callspec is not None else doc
-    return [("section", module_doc), ("case", case)]
+    return [("section", module_doc), ("case", doc), ("variant", callspec.id if callspec is not None else "")]
 
 
 class ReliabilityReport:
@@ -53,7 +55,9 @@ class ReliabilityReport:
         if not report.nodeid.startswith(FAULTS):
             return
         props = dict(report.user_properties)
-        case = self.cases.setdefault(report.nodeid, Case(report.nodeid, props.get("section", ""), props.get("case", "")))
+        case = self.cases.setdefault(report.nodeid, Case(report.nodeid, props.get("section", ""),
+                                                         props.get("case", ""), props.get("variant", "")))
+        case.message = props.get("message", case.message)
         case.seconds += report.duration
         if report.failed:
             case.outcome = "failed" if report.when == "call" else f"error in {report.when}"
@@ -76,9 +80,23 @@ class ReliabilityReport:
         for case in sorted(self.cases.values(), key=lambda c: c.nodeid):
             by_section.setdefault(case.section, []).append(case)
         for section, cases in by_section.items():
+            said = any(c.message for c in cases)
             lines += ["", f"## {section}", "", f"`{cases[0].nodeid.split('::')[0]}`", "",
-                      "| Case | Outcome | Seconds |", "|---|---|---:|"]
-            lines += [f"| {c.case.replace('|', '/')} | {c.outcome} | {c.seconds:.1f} |" for c in cases]
+                      "| Case | Outcome | Seconds |" + (" What lmforge said |" if said else ""),
+                      "|---|---|---:|" + ("---|" if said else "")]
+            previous = None
+            for c in cases:
+                if c.variant and c.case != previous:  # a parametrized test: its line once, its variants under it
+                    lines.append(f"| **{_cell(c.case)}** | | |" + (" |" if said else ""))
+                previous = c.case
+                name = f"↳ `{c.variant}`" if c.variant else _cell(c.case)
+                message = f" `` {_cell(c.message)} `` |" if c.message else (" |" if said else "")
+                lines.append(f"| {name} | {c.outcome} | {c.seconds:.1f} |{message}")
         DOC.parent.mkdir(exist_ok=True)
         DOC.write_text("\n".join(lines) + "\n")
         return DOC
+
+
+def _cell(text: str) -> str:
+    """Text for one markdown table cell: one line, no column separators."""
+    return " ".join(text.split()).replace("|", "\\|")

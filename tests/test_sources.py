@@ -92,7 +92,7 @@ def test_empty_corpus_and_missing_files(tmp_path):
 
 def test_malformed_json_is_one_clear_error(tmp_path):
     (tmp_path / "rows.jsonl").write_text('{"sentence": "a", "label": 1, "idx": 0}\n{"sentence": "b", "label"\n')
-    with pytest.raises(LmforgeError, match=r"cannot read jsonl files .*rows.jsonl"):
+    with pytest.raises(LmforgeError, match=r"rows.jsonl line 2 column 26: not valid JSON \(Expecting ':' delimiter\)"):
         run_ingest(tmp_path, {"name": "j", "source": "local", "format": "jsonl", "data_files": "rows.jsonl"})
 
 

@@ -6,8 +6,10 @@ data/raw in one move: a bad file leaves the previous data/raw exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from datasets import DatasetDict
@@ -27,19 +29,20 @@ MANIFEST = "manifest.json"
 def ingest(cfg: IngestConfig, out_dir: Path, base_dir: Path = Path(".")) -> Path:
     """Read, validate and save every dataset; return out_dir. Relative local paths are from base_dir."""
     collected: dict[str, tuple[DatasetDict, dict]] = {}
-    if cfg.demo.enabled:
-        from components.data.demo import build_demo
+    with quiet_progress():  # a bad file then prints its one error line, not progress bars before it
+        if cfg.demo.enabled:
+            from components.data.demo import build_demo
 
-        for name, data in build_demo(cfg.demo).items():
-            task = name  # the demo names each dataset after its task
-            validate(data, task, f"demo:{name}")
-            collected[name] = (data, {"source": "demo", "task": task, "demo": cfg.demo.model_dump()})
-    for source in cfg.sources:
-        if source.name in collected:
-            raise LmforgeError(
-                f"ingest.sources: dataset name {source.name!r} is already taken by the demo; choose another name"
-            )
-        collected[source.name] = read_source(source, base_dir)
+            for name, data in build_demo(cfg.demo).items():
+                task = name  # the demo names each dataset after its task
+                validate(data, task, f"demo:{name}")
+                collected[name] = (data, {"source": "demo", "task": task, "demo": cfg.demo.model_dump()})
+        for source in cfg.sources:
+            if source.name in collected:
+                raise LmforgeError(
+                    f"ingest.sources: dataset name {source.name!r} is already taken by the demo; choose another name"
+                )
+            collected[source.name] = read_source(source, base_dir)
     if not collected:
         raise LmforgeError("ingest: nothing to ingest; enable ingest.demo or list ingest.sources")
 
@@ -51,6 +54,20 @@ def ingest(cfg: IngestConfig, out_dir: Path, base_dir: Path = Path(".")) -> Path
             manifest[name] = {**entry, **describe(data)}
         write_json(tmp / MANIFEST, manifest)
     return Path(out_dir)
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """`datasets`' progress bars off while the inputs are read and checked (saving shows them)."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    was_enabled = is_progress_bar_enabled()
+    disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            enable_progress_bar()
 
 
 def read_source(source: SourceConfig, base_dir: Path) -> tuple[DatasetDict, dict]:

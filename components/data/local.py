@@ -3,7 +3,11 @@ GLUE TSV folders, SQuAD JSON and CoNLL files through lmforge's readers."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from datasets import DatasetDict, load_dataset
@@ -21,6 +25,13 @@ _BUILDERS = {
     "text": ("text", {}),
 }
 _TEXT_FORMATS = ("text", "csv", "tsv", "json", "jsonl", "glue_tsv", "squad_json", "conll")
+# What a table file holds, for errors about one that is empty or malformed.
+_TABLE_LAYOUT = {
+    "csv": "a header line and comma-separated rows",
+    "tsv": "a header line and tab-separated rows",
+    "json": "a JSON array of row objects, or one row object per line",
+    "jsonl": "one JSON object per line",
+}
 
 
 def resolve_data_files(data_files: str | list | dict, base: Path) -> dict[str, list[Path]]:
@@ -71,10 +82,13 @@ def read_local(cfg: SourceConfig, base: Path) -> DatasetDict:
         return read_glue_dir(folder, cfg.task)
 
     files = resolve_data_files(cfg.data_files, base)
-    if cfg.format in _TEXT_FORMATS:
-        for split_files in files.values():
-            for path in split_files:
-                read_utf8(path, cfg.format)
+    for path in (p for split_files in files.values() for p in split_files):
+        if cfg.format in _TEXT_FORMATS:
+            text = read_utf8(path, cfg.format)
+            if cfg.format in _TABLE_LAYOUT and (not text or text.isspace()):
+                raise LmforgeError(f"{path}: empty file, expected {_TABLE_LAYOUT[cfg.format]}")
+        elif cfg.format == "parquet":
+            _check_parquet(path)
     if cfg.format == "squad_json":
         from components.data.squad_json import read_squad_json
 
@@ -88,16 +102,86 @@ def read_local(cfg: SourceConfig, base: Path) -> DatasetDict:
     if builder == "text":
         kwargs = {"sample_by": cfg.text_unit}
     try:
-        data = load_dataset(builder, data_files={s: [str(p) for p in ps] for s, ps in files.items()}, **kwargs)
+        with _builder_logs_off():
+            data = load_dataset(builder, data_files={s: [str(p) for p in ps] for s, ps in files.items()}, **kwargs)
     except Exception as e:  # the builders raise parser-specific errors; name the files and the first line
+        if cfg.format in ("json", "jsonl"):
+            _check_json(files, cfg.format)
+        if cfg.format in ("csv", "tsv"):
+            _check_csv_rows(files, cfg.format)
         message = str(e.__cause__ or e).strip().splitlines()
         raise LmforgeError(
             f"dataset {cfg.name!r}: cannot read {cfg.format} files {_names(files)}: "
             f"{message[0] if message else type(e).__name__}"
         ) from None
     if cfg.format == "text":
-        data = data.filter(lambda t: bool(t.strip()), input_columns="text")
+        return data.filter(lambda t: bool(t.strip()), input_columns="text")
+    for split, ds in data.items():
+        if len(ds) == 0:
+            raise LmforgeError(f"dataset {cfg.name!r} [{split}]: no rows in {_names({split: files[split]})}, "
+                               "expected at least one")
     return data
+
+
+@contextlib.contextmanager
+def _builder_logs_off() -> Iterator[None]:
+    """The builders log a file they cannot parse before raising; the LmforgeError says it once."""
+    logger = logging.getLogger("datasets.packaged_modules")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_parquet(path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except Exception as e:  # pyarrow's ArrowInvalid / OSError: not Parquet, or cut short
+        raise LmforgeError(f"{path}: not a Parquet file ({str(e).splitlines()[0]})") from None
+    if rows == 0:
+        raise LmforgeError(f"{path}: no rows, expected a Parquet table with at least one row")
+
+
+def _check_csv_rows(files: dict[str, list[Path]], fmt: str) -> None:
+    """A split whose files hold a header and no rows (the builder calls it `corresponds to no data`)."""
+    for split, paths in files.items():
+        if all(sum(1 for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()) < 2 for p in paths):
+            raise LmforgeError(f"{_names({split: paths})} [{split}]: a header line but no rows; "
+                               f"expected {_TABLE_LAYOUT[fmt]}")
+
+
+def _check_json(files: dict[str, list[Path]], fmt: str) -> None:
+    """Point at the first line that is not JSON (the builders say only `row N` of a batch), or at a
+    split with no rows (the builder says `corresponds to no data`)."""
+    expected = _TABLE_LAYOUT[fmt]
+    for split, paths in files.items():
+        if sum(_json_rows(path, fmt, expected) for path in paths) == 0:
+            raise LmforgeError(f"{_names({split: paths})} [{split}]: no rows; expected {expected}")
+
+
+def _json_rows(path: Path, fmt: str, expected: str) -> int:
+    text = path.read_text(encoding="utf-8-sig")
+    if fmt == "json" and text.lstrip().startswith("["):
+        try:
+            return len(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise LmforgeError(f"{path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg}); "
+                               f"expected {expected}") from None
+    rows = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LmforgeError(f"{path} line {number} column {e.colno}: not valid JSON ({e.msg}); "
+                               f"expected {expected}") from None
+        rows += 1
+    return rows
 
 
 def _single(split: str, paths: list[Path], cfg: SourceConfig) -> Path:
