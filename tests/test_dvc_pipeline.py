@@ -14,7 +14,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def project(tmp_path):
-    return make_project(tmp_path)
+    # One BERT and one GPT fine-tuning run; QA and the other task kinds run through the flows in test_flows.py.
+    return make_project(tmp_path, finetune_runs={"bert-rte": {"task": "rte", "model": "bert", "init": "pretrained"},
+                                                 "gpt-sst2": {"task": "sst2", "model": "gpt", "init": "pretrained"}})
 
 
 def test_repro_builds_everything_then_is_a_no_op_and_pushes(project):
