@@ -33,6 +33,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target, "tmp"), dir=target.parent))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private (0700); the output gets a folder's usual mode
     try:
         yield tmp
     except BaseException:
@@ -90,6 +91,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", durable: bool = False
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path, "tmp"), dir=path.parent)
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private (0600); the output gets a file's usual mode
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
@@ -101,6 +103,17 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", durable: bool = False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, a race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:  # not Linux
+        pass
+    return 0o022
 
 
 def _temporary_prefix(target: Path, kind: str) -> str:
