@@ -102,18 +102,16 @@ def _save_pyfunc(candidate: Candidate, task: str, out: Path) -> None:
     import huggingface_hub
     import mlflow.transformers
     from huggingface_hub import ModelCard
-    from mlflow.models import infer_signature
     from transformers import pipeline
 
     pipe = pipeline(task, model=str(candidate.model_dir), tokenizer=str(candidate.model_dir))
-    example = candidate.input_example
-    signature = infer_signature(example, mlflow.transformers.generate_signature_output(pipe, example))
+    example = candidate.input_example  # MLflow infers the signature by running the pipeline on it
     card = ModelCard(f"---\nlibrary_name: transformers\npipeline_tag: {task}\ntags: [lmforge]\n---\n"
                      f"# {candidate.name}\n\nTrained by lmforge. {candidate.metric}: {candidate.value:.4f}\n")
     # Our models are local folders: without this, MLflow asks the Hub for a card and license and
     # waits out its retries on an offline machine.
     with mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True):
-        mlflow.transformers.save_model(pipe, str(out), task=task, signature=signature, input_example=example,
+        mlflow.transformers.save_model(pipe, str(out), task=task, input_example=example,
                                        pip_requirements=_pip_requirements(), model_card=card)
 
 

@@ -72,8 +72,11 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     assert float(tags["metric.value"]) == pytest.approx(metrics["validation"]["accuracy"])
 
     mlflow.set_tracking_uri(uri)
-    prediction = mlflow.pyfunc.load_model("models:/lmforge-bert-rte@champion").predict(["A was born in B."])
+    classifier = mlflow.pyfunc.load_model("models:/lmforge-bert-rte@champion")
+    prediction = classifier.predict(["A was born in B."])
     assert prediction["label"][0] in ("entailment", "not_entailment")
+    signature = classifier.metadata.signature  # inferred from the input example, as the registry UI shows it
+    assert signature.inputs.input_types() and {"label", "score"} <= set(signature.outputs.input_names())
     context = "Talia Brandt was born in Velmora. She works at the Debel Bank."
     answers = mlflow.pyfunc.load_model("models:/lmforge-bert-squad@champion").predict(
         [{"question": "Where was Talia Brandt born?", "context": context}])
