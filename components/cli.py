@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     # A flow without a server starts Prefect's own; its 20 s default is too short on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     logging.basicConfig(level=os.environ.get("LMFORGE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request to the Prefect API
     try:
         _run(args, load_params(args.params, args.overrides))
     except LmforgeError as e:

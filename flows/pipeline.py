@@ -119,7 +119,9 @@ def _result(outcomes: list[StageOutcome], registrations: list[dict], **extra) ->
     return {"stages": [asdict(o) for o in outcomes], "registered": registrations, **extra}
 
 
-@flow(name="pipeline", log_prints=True)
+# log_prints stays off: lmforge logs through `logging`, and with it on, Prefect takes every print of
+# the process, even dill's disassembly that datasets reads back to fingerprint a .map function.
+@flow(name="pipeline")
 def pipeline(params: Params | None = None, force: bool = False, params_file: str = DEFAULT_PARAMS) -> dict:
     """ingest -> tokenizer -> pretrain BERT and GPT -> fine-tune -> prompt -> evaluate -> report -> register."""
     params = resolve_params(params, params_file)
@@ -144,7 +146,7 @@ def _pretrain(params: Params, force: bool) -> list[StageOutcome]:
     return [f.result() for f in futures]
 
 
-@flow(name="pretrain", log_prints=True)
+@flow(name="pretrain")
 def pretrain(params: Params | None = None, force: bool = False, params_file: str = DEFAULT_PARAMS) -> dict:
     """Pretrain BERT and GPT on the ingested corpus (ingesting and training tokenizers if needed)."""
     params = resolve_params(params, params_file)
@@ -157,7 +159,7 @@ def pretrain(params: Params | None = None, force: bool = False, params_file: str
     return _result(outcomes, registrations)
 
 
-@flow(name="finetune", log_prints=True)
+@flow(name="finetune")
 def finetune(tasks: list[str], model: str = "bert", init: str = "pretrained", params: Params | None = None,
              force: bool = False, params_file: str = DEFAULT_PARAMS) -> dict:
     """Fine-tune `model` on each task from `init`: pretrained, scratch, a local HF folder, or a
@@ -187,7 +189,7 @@ def _registered_init(params: Params, uri: str) -> str:
     return str(registered_init(uri, params.tracking, params.finetune.models_dir))
 
 
-@flow(name="evaluate_and_register", log_prints=True)
+@flow(name="evaluate_and_register")
 def evaluate_and_register(models: list[str] | None = None, params: Params | None = None, force: bool = False,
                           params_file: str = DEFAULT_PARAMS) -> dict:
     """Score fine-tuned models without training, write the reports, and register (through the gate)."""
@@ -200,7 +202,7 @@ def evaluate_and_register(models: list[str] | None = None, params: Params | None
     return _result(outcomes, registrations)
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain")
 def retrain(params: Params | None = None, params_file: str = DEFAULT_PARAMS) -> dict:
     """Re-ingest; if the data's DVC hash changed, rerun the pipeline and register; else stop early."""
     params = resolve_params(params, params_file)

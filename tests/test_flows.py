@@ -21,6 +21,19 @@ def harness():
         yield
 
 
+def flow_log_lines() -> list[str]:
+    """Every log line the Prefect server holds."""
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # log lines go to the server in batches
+    lines: list[str] = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(offset=len(lines), limit=200):
+            lines += [log.message for log in page]
+    return lines
+
+
 def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monkeypatch, harness):
     import mlflow
 
@@ -34,6 +47,11 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     uri = params.tracking.uri
 
     first = pipeline(params_file="params.yaml")
+    logged = flow_log_lines()
+    assert any("ingest: running" in line for line in logged)
+    # Regression: with log_prints, the disassembly dill prints to find a function's globals (datasets
+    # fingerprints .map functions with it) went to the flow's log, thousands of lines, and not to dill.
+    assert not [line for line in logged if "LOAD_GLOBAL" in line or "RESUME" in line]
     statuses = {s["stage"]: s["status"] for s in first["stages"]}
     assert statuses == {name: "ran" for name in [
         "ingest", "tokenizer", "pretrain_bert", "pretrain_gpt", "finetune@bert-rte", "finetune@gpt-sst2",
