@@ -185,3 +185,14 @@ def process_alive(pid: int, since: float | None = None) -> bool:
         return False
     except psutil.Error:
         return True
+
+
+def host_lock(kind: str, key: str):
+    """An exclusive lock named by `kind` and `key`, shared by every lmforge process on this host. The
+    lock file sits in the system's temporary folder, so neither git nor DVC sees it."""
+    import hashlib
+
+    from filelock import FileLock
+
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"lmforge-{kind}-{digest}.lock")

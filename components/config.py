@@ -620,14 +620,9 @@ def write_params(params: Params, path: str | Path = DEFAULT_PARAMS, base: Params
 
 def params_file_lock(path: Path):
     """An exclusive lock for rewriting the params file, shared by every lmforge process on this host."""
-    import hashlib
-    import tempfile
+    from components.atomic import host_lock
 
-    from filelock import FileLock
-
-    # Kept out of the repository, so neither git nor DVC sees the lock file.
-    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-    return FileLock(Path(tempfile.gettempdir()) / f"lmforge-params-{key}.lock")
+    return host_lock("params", str(path.resolve()))
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -143,10 +143,13 @@ def champion_model_dir(client, name: str, tracking: TrackingConfig, dest: Path, 
     return folder
 
 
-def registered_init(uri: str, tracking: TrackingConfig, models_dir: str) -> Path:
-    """The HF folder of a fine-tuning init given as models:/<name>[@<alias>] (alias default: champion),
-    downloaded once into <models_dir>/registry/<name>-<alias>. A missing model or alias fails before
-    anything is written."""
+def resolve_init(init: str, tracking: TrackingConfig, models_dir: str) -> str:
+    """A fine-tuning init as the stage takes it: `init` itself, or for models:/<name>[@<alias>]
+    (alias default: champion) the HF folder it is downloaded to once, <models_dir>/registry/<name>-<alias>.
+    A missing model or alias fails before anything is written."""
+    if not init.startswith("models:/"):
+        return init
+    uri = init
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -169,7 +172,7 @@ def registered_init(uri: str, tracking: TrackingConfig, models_dir: str) -> Path
     if not dest.exists():
         with tempfile.TemporaryDirectory() as tmp, atomic_dir(dest) as out:
             shutil.copytree(champion_model_dir(client, name, tracking, Path(tmp), alias), out, dirs_exist_ok=True)
-    return dest
+    return str(dest)
 
 
 def register(candidate: Candidate, cfg: RegistryConfig, tracking: TrackingConfig,
@@ -185,7 +188,7 @@ def register(candidate: Candidate, cfg: RegistryConfig, tracking: TrackingConfig
         raise LmforgeError(f"registry: {candidate.name} has {candidate.metric} = {candidate.value}, not a number the "
                            f"gate can compare; {candidate.model_dir} is not registered")
     client = tracking_client(tracking, f"registration of {name}")
-    if same := _already_registered(client, name, candidate):
+    if same := _already_registered(_versions_holding(client, name, candidate), name, candidate):
         return same
 
     task = pipeline_task(candidate.model_dir)
@@ -199,10 +202,11 @@ def register(candidate: Candidate, cfg: RegistryConfig, tracking: TrackingConfig
         # One registration of this model at a time from here to the aliases: two at once would both
         # read the same champion and both move `champion`, the last write winning, not the best model.
         with registry_lock(tracking.uri, name):
-            if same := _already_registered(client, name, candidate):  # registered meanwhile by another process
+            versions = _versions_holding(client, name, candidate)
+            if same := _already_registered(versions, name, candidate):  # registered meanwhile by another process
                 client.set_tag(run_id, "gate.decision", same.reason)
                 return same
-            _drop_interrupted(client, name, candidate)
+            _drop_interrupted(client, name, versions)
             _create_registered_model(client, name, f"lmforge {candidate.name} ({task})")
             version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id, tags=tags)
             client.set_registered_model_alias(name, CANDIDATE, version.version)
@@ -224,27 +228,28 @@ def register(candidate: Candidate, cfg: RegistryConfig, tracking: TrackingConfig
                         reason, run_id)
 
 
-def _already_registered(client, name: str, candidate: Candidate) -> Registration | None:
-    """The registration of the version that already holds the candidate's weights (same DVC hash), if any."""
+def _versions_holding(client, name: str, candidate: Candidate) -> list:
+    """The versions of `name` that hold the candidate's weights (same DVC hash of its folder)."""
     model_hash = candidate.lineage.get("dvc.model", "")
     if not model_hash or not client.search_registered_models(filter_string=f"name = '{name}'"):
+        return []
+    return client.search_model_versions(f"name = '{name}' and tag.`dvc.model` = '{model_hash}'")
+
+
+def _already_registered(versions: list, name: str, candidate: Candidate) -> Registration | None:
+    """The registration of the newest gated version among `versions`, if any."""
+    gated = [mv for mv in versions if "gate.decision" in mv.tags]  # a version without it was interrupted
+    if not gated:
         return None
-    same = client.search_model_versions(f"name = '{name}' and tag.`dvc.model` = '{model_hash}'")
-    same = [mv for mv in same if "gate.decision" in mv.tags]  # a version without it was interrupted
-    if not same:
-        return None
-    v = max(same, key=lambda mv: int(mv.version))
+    v = max(gated, key=lambda mv: int(mv.version))
     return Registration(name, int(v.version), candidate.metric, candidate.value, None, False,
                         f"version {v.version} already holds these weights", v.run_id, skipped=True)
 
 
-def _drop_interrupted(client, name: str, candidate: Candidate) -> None:
-    """Delete versions of the candidate's weights that an earlier registration created but never
-    gated (the tracking server went away in between), so registering again leaves one whole version."""
-    model_hash = candidate.lineage.get("dvc.model", "")
-    if not model_hash or not client.search_registered_models(filter_string=f"name = '{name}'"):
-        return
-    for mv in client.search_model_versions(f"name = '{name}' and tag.`dvc.model` = '{model_hash}'"):
+def _drop_interrupted(client, name: str, versions: list) -> None:
+    """Delete the versions among `versions` that an earlier registration created but never gated
+    (the tracking server went away in between), so registering again leaves one whole version."""
+    for mv in versions:
         if "gate.decision" not in mv.tags:
             log.warning("%s version %s was left without a gate decision by an interrupted registration: deleted",
                         name, mv.version)
@@ -254,12 +259,9 @@ def _drop_interrupted(client, name: str, candidate: Candidate) -> None:
 def registry_lock(uri: str, name: str):
     """An exclusive lock for registering `name` in the store at `uri`, shared by lmforge processes on
     this host (MLflow's registry has no transactions to make the gate atomic)."""
-    import hashlib
+    from components.atomic import host_lock
 
-    from filelock import FileLock
-
-    key = hashlib.sha1(f"{uri}|{name}".encode()).hexdigest()[:16]
-    return FileLock(Path(tempfile.gettempdir()) / f"lmforge-registry-{key}.lock")
+    return host_lock("registry", f"{uri}|{name}")
 
 
 def _create_registered_model(client, name: str, description: str) -> None:

@@ -47,12 +47,10 @@ def finetune(params: Params) -> list[Path]:
     an init of models:/<name>@<alias> starts from that registered model."""
     from components.finetuning.stage import finetune as run_finetune
 
-    cfg = params.finetune
-    init = cfg.init
-    if init.startswith("models:/"):
-        from components.registry import registered_init
+    from components.registry import resolve_init
 
-        init = str(registered_init(init, params.tracking, cfg.models_dir))
+    cfg = params.finetune
+    init = resolve_init(cfg.init, params.tracking, cfg.models_dir)
     run = FinetuneRun(task=cfg.task, model=cfg.model, init=init, dataset=cfg.dataset)
     out = run_finetune(cfg, run, Path(params.ingest.out_dir), params.tracking)
     return [out, Path(cfg.reports_dir) / f"{run.name}.json"]

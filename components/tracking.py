@@ -19,7 +19,6 @@ import logging
 import os
 from collections.abc import Iterator
 from contextvars import ContextVar
-from pathlib import Path
 from time import sleep
 from typing import Any
 
@@ -39,22 +38,19 @@ def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     return tags
 
 
-def mlflow_logger(tracking: TrackingConfig, run_name: str, run_id_file: Path | None = None):
-    """Lightning's MLFlowLogger on `tracking.uri`, or None when tracking is off.
-
-    With `run_id_file` holding an earlier run's id, the logger continues that run (a resumed stage).
-    """
+def mlflow_logger(tracking: TrackingConfig, run_name: str):
+    """Lightning's MLFlowLogger on `tracking.uri` for a new run, or None when tracking is off.
+    (A resumed stage gets a new run too, tagged with the one it resumes: see pretraining/trainer.py.)"""
     if not tracking.enabled:
         return None
     check_server(tracking)
     from lightning.pytorch.loggers import MLFlowLogger
 
-    run_id = run_id_file.read_text().strip() if run_id_file is not None and run_id_file.exists() else None
-    if run_id is None:  # created here, race-safe, rather than by the logger's unguarded lookup-then-create
-        client = tracking_client(tracking, run_name)
-        fail_dead_runs(client, experiment_id(client, tracking.experiment))
+    # The experiment created here, race-safe, rather than by the logger's unguarded lookup-then-create.
+    client = tracking_client(tracking, run_name)
+    fail_dead_runs(client, experiment_id(client, tracking.experiment))
     logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=tracking.uri, run_name=run_name,
-                          run_id=run_id, log_model=False, tags=run_tags() if run_id is None else None)
+                          log_model=False, tags=run_tags())
     # Every request the logger makes (run creation, metrics, finalize) goes through this client.
     logger._mlflow_client = GuardedClient(logger._mlflow_client, tracking, run_name)
     return logger

@@ -164,9 +164,11 @@ def finetune(tasks: list[str], model: str = "bert", init: str = "pretrained", pa
              force: bool = False, params_file: str = DEFAULT_PARAMS) -> dict:
     """Fine-tune `model` on each task from `init`: pretrained, scratch, a local HF folder, or a
     registered model as models:/<name>@<alias>. The runs join finetune.runs in params.yaml."""
+    from components.registry import resolve_init
+
     base = resolve_params(params, params_file)
     params = base.model_copy(deep=True)
-    init = _registered_init(params, init) if init.startswith("models:/") else init
+    init = resolve_init(init, params.tracking, params.finetune.models_dir)
     names = []
     for t in tasks:
         run = FinetuneRun(task=t, model=model, init=init)
@@ -180,13 +182,6 @@ def finetune(tasks: list[str], model: str = "bert", init: str = "pretrained", pa
         registrations = register_models(params, names)
         publish_summary("finetune", params, outcomes, registrations)
     return _result(outcomes, registrations)
-
-
-def _registered_init(params: Params, uri: str) -> str:
-    """Download models:/<name>@<alias> into models/registry/<name>-<alias> and start from there."""
-    from components.registry import registered_init
-
-    return str(registered_init(uri, params.tracking, params.finetune.models_dir))
 
 
 @flow(name="evaluate_and_register")
