@@ -92,12 +92,15 @@ def tokenizer_metrics(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> d
 
 
 def load_corpus(corpus_dir: Path, text_column: str) -> tuple[Dataset, Dataset]:
-    """The corpus's train split for training and its validation split (or a 5% slice) held out."""
+    """The corpus's train split for training and its validation split held out (ingest carves one
+    for a corpus that came without, so pretraining and registration score on the same documents)."""
     if not corpus_dir.exists():
         raise LmforgeError(f"{corpus_dir}: corpus not found; run `lmforge stage ingest` first")
     data = load_input(Path(corpus_dir))
-    if "train" not in data:
-        raise LmforgeError(f"{corpus_dir}: corpus has no 'train' split (found {', '.join(data)})")
+    for split in ("train", "validation"):
+        if split not in data:
+            raise LmforgeError(f"{corpus_dir}: corpus has no {split!r} split (found {', '.join(data)}); "
+                               "expected the folder `lmforge stage ingest` writes")
     if text_column not in data["train"].column_names:
         raise LmforgeError(
             f"{corpus_dir}: corpus has no column {text_column!r} (found {', '.join(data['train'].column_names)}); "
@@ -107,12 +110,7 @@ def load_corpus(corpus_dir: Path, text_column: str) -> tuple[Dataset, Dataset]:
     train = train.filter(lambda t: bool(t and t.strip()), input_columns="text")
     if len(train) == 0:
         raise LmforgeError(f"{corpus_dir} [train]: empty corpus, expected at least one non-blank text")
-    if "validation" in data:
-        heldout = _text_only(data["validation"], text_column)
-    else:
-        split = train.train_test_split(test_size=max(1, len(train) // 20), seed=0)
-        train, heldout = split["train"], split["test"]
-    return train, heldout
+    return train, _text_only(data["validation"], text_column)
 
 
 def _text_only(ds: Dataset, column: str) -> Dataset:

@@ -27,11 +27,16 @@ def test_text_files_one_document_per_file_or_per_blank_line_block(tmp_path):
         {"name": "per_file", "source": "local", "format": "text", "data_files": "docs/*.txt"},
         {"name": "per_block", "source": "local", "format": "text", "data_files": "docs/*.txt", "text_unit": "paragraph"},
     )
-    assert len(load_from_disk(str(out / "per_file"))["train"]) == 2
-    blocks = load_from_disk(str(out / "per_block"))["train"]["text"]
-    assert len(blocks) == 3 and "Still the second doc." in blocks[-1]
+    # Two files and no validation split: one file is held out whole (tests/test_holdout.py).
+    per_file = load_from_disk(str(out / "per_file"))
+    assert sorted([*per_file["train"]["text"], *per_file["validation"]["text"]]) == [
+        "First doc, line one.\nLine two.\n", "Second doc.\n\nStill the second doc.\n"]
+    per_block = load_from_disk(str(out / "per_block"))
+    blocks = [*per_block["train"]["text"], *per_block["validation"]["text"]]
+    assert len(blocks) == 3 and "Still the second doc.\n" in blocks
     assert manifest["per_file"]["task"] == "corpus"
-    assert manifest["per_file"]["rows"] == {"train": 2}
+    assert manifest["per_file"]["rows"] == {"train": 1, "validation": 1}
+    assert manifest["per_block"]["validation_carved"]["by"] == "file"
     assert set(manifest["per_file"]["sha256"]) == {str(tmp_path / "docs" / n) for n in ("a.txt", "b.txt")}
 
 
@@ -49,16 +54,16 @@ def test_table_formats_map_to_the_task_schema(tmp_path, fmt):
     out, manifest = run_ingest(
         tmp_path, {"name": "reviews", "source": "local", "format": fmt, "data_files": {"train": path.name}, "task": "sst2"}
     )
-    ds = load_from_disk(str(out / "reviews"))["train"]
-    assert ds["label"] == [1, 0, 1]
-    assert ds["idx"] == [0, 1, 2]  # added as the Hub has it
-    assert ds.features["label"] == ClassLabel(names=["negative", "positive"])
+    data = load_from_disk(str(out / "reviews"))  # train and the validation rows carved from it
+    rows = sorted((row["idx"], row["label"]) for split in ("train", "validation") for row in data[split])
+    assert rows == [(0, 1), (1, 0), (2, 1)]  # idx added as the Hub has it
+    assert data["train"].features["label"] == ClassLabel(names=["negative", "positive"])
     assert manifest["reviews"]["task"] == "sst2"
 
 
 def test_missing_column_fails_and_leaves_previous_output(tmp_path):
     good = tmp_path / "good.csv"
-    pd.DataFrame({"sentence": ["ok"], "label": [1], "idx": [0]}).to_csv(good, index=False)
+    pd.DataFrame({"sentence": ["ok", "fine"], "label": [1, 1], "idx": [0, 1]}).to_csv(good, index=False)
     out, _ = run_ingest(tmp_path, {"name": "r", "source": "local", "format": "csv", "data_files": "good.csv", "task": "sst2"})
     before = sorted(p.name for p in out.iterdir())
     bad = tmp_path / "bad.csv"

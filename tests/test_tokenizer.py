@@ -71,6 +71,10 @@ def test_empty_corpus_and_missing_column_fail_clearly(tmp_path):
 
     empty = tmp_path / "empty"
     DatasetDict({"train": Dataset.from_dict({"text": ["  ", "\n"]})}).save_to_disk(str(empty))
+    with pytest.raises(LmforgeError, match=r"no 'validation' split \(found train\); expected the folder `lmforge "
+                                           r"stage ingest` writes"):  # ingest carves one for every corpus
+        train_tokenizers(TokenizerConfig(), empty, tmp_path / "tok", tmp_path / "m.json")
+    DatasetDict({s: Dataset.from_dict({"text": ["  ", "\n"]}) for s in ("train", "validation")}).save_to_disk(str(empty))
     with pytest.raises(LmforgeError, match=r"empty \[train\]|\[train\]: empty corpus"):
         train_tokenizers(TokenizerConfig(), empty, tmp_path / "tok", tmp_path / "m.json")
     with pytest.raises(LmforgeError, match="no column 'body'"):

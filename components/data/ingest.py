@@ -1,7 +1,8 @@
 """The `ingest` stage: every configured dataset into data/raw/<name>/, plus a manifest.
 
 Everything is read and validated first and written last, into a temporary folder that replaces
-data/raw in one move: a bad file leaves the previous data/raw exactly as it was.
+data/raw in one move: a bad file leaves the previous data/raw exactly as it was. A dataset
+without a validation split gets one carved from train (holdout.py), recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from datasets import DatasetDict
 
 from components.atomic import atomic_dir, write_json
-from components.config import IngestConfig, SourceConfig
+from components.config import HoldoutConfig, IngestConfig, SourceConfig
+from components.data import holdout
 from components.data.hub import infer_hub_task, load_hub, parse_hub_spec
 from components.data.local import input_files, read_local, resolve_data_files
 from components.data.schemas import GLUE_TASKS, task_features, validate
@@ -42,7 +44,7 @@ def ingest(cfg: IngestConfig, out_dir: Path, base_dir: Path = Path(".")) -> Path
                 raise LmforgeError(
                     f"ingest.sources: dataset name {source.name!r} is already taken by the demo; choose another name"
                 )
-            collected[source.name] = read_source(source, base_dir)
+            collected[source.name] = read_source(source, base_dir, cfg.validation)
     if not collected:
         raise LmforgeError("ingest: nothing to ingest; enable ingest.demo or list ingest.sources")
 
@@ -70,10 +72,12 @@ def quiet_progress() -> Iterator[None]:
             enable_progress_bar()
 
 
-def read_source(source: SourceConfig, base_dir: Path) -> tuple[DatasetDict, dict]:
-    """One configured source as a validated DatasetDict and its manifest entry."""
+def read_source(source: SourceConfig, base_dir: Path, validation: HoldoutConfig) -> tuple[DatasetDict, dict]:
+    """One configured source as a validated DatasetDict with a validation split, and its manifest entry."""
+    carved = None
     if source.source == "local":
-        data = read_local(source, base_dir)
+        to_read, carved = _carve_text_files(source, base_dir, validation)
+        data = read_local(to_read, base_dir)
         task = source.task or _local_task(source, base_dir)
         origin = f"dataset {source.name!r} ({source.format} {source.data_files})"
         entry = {
@@ -93,8 +97,29 @@ def read_source(source: SourceConfig, base_dir: Path) -> tuple[DatasetDict, dict
     if task is not None:
         validate(data, task, origin)
         data = _cast(data, task, origin)
+    if carved is None and "train" in data and not holdout.has_validation(data):
+        split = holdout.validation_split_name(task)
+        data = holdout.carve_rows(data, split, validation, origin)
+        carved = {"by": "row", "split": split, "documents": len(data[split])}
+    if carved is not None:
+        entry["validation_carved"] = {**carved, "from": "train", **validation.model_dump()}
     entry["task"] = task
     return data, entry
+
+
+def _carve_text_files(source: SourceConfig, base_dir: Path, validation: HoldoutConfig) -> tuple[SourceConfig, dict | None]:
+    """A plain-text source of several train files and no validation files: the same source with
+    some files given as its validation split (a file is a document), and what was carved."""
+    if source.format != "text":
+        return source, None
+    files = resolve_data_files(source.data_files, base_dir)
+    if holdout.has_validation(files) or len(files.get("train", [])) < 2:
+        return source, None
+    train, held = holdout.carve_files(files["train"], base_dir, validation, f"dataset {source.name!r}")
+    data_files = {**{s: [str(p) for p in ps] for s, ps in files.items()},
+                  "train": [str(p) for p in train], "validation": [str(p) for p in held]}
+    carved = {"by": "file", "split": "validation", "documents": len(held)}
+    return source.model_copy(update={"data_files": data_files}), carved
 
 
 def _with_idx(data: DatasetDict) -> DatasetDict:

@@ -52,6 +52,8 @@ def evaluate_model(cfg: EvaluateConfig, raw_dir: Path, tracking: TrackingConfig,
     ft = finetune or FinetuneConfig()
     folder = model_folder(cfg)
     task = model_task(folder)
+    if task in QA_TASKS:
+        ft.check_qa_windows()
     suffix, auto_class = HEADS[task]
     architectures = AutoConfig.from_pretrained(str(folder)).architectures or []
     if architectures and not any(a.endswith(suffix) for a in architectures):

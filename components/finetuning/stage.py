@@ -90,6 +90,7 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
 
 def finetune_qa(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
     """Fine-tune BERT for extractive QA on `run.task` (squad, or squad_v2 with unanswerable questions)."""
+    cfg.check_qa_windows()
     data = load_task_data(run, raw_dir, ("train", "validation"), QA_COLUMNS)
     version_2 = run.task == "squad_v2"
     train = cfg.train

@@ -119,7 +119,7 @@ def load_tokenizer(path: str, need: str):
 
 
 def load_documents(corpus_dir: Path, text_column: str) -> tuple[Dataset, Dataset]:
-    """The corpus's train and validation documents (a 5% slice of train when there is no validation)."""
+    """The corpus's train and validation documents."""
     from components.tokenizer import load_corpus
 
     return load_corpus(Path(corpus_dir), text_column)
