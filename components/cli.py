@@ -1,7 +1,8 @@
 """`lmforge`: run a stage, print the effective params.
 
-    lmforge pipeline [-p params.yaml] [-S section.key=value ...] [--force]   the whole pipeline (a Prefect flow)
-    lmforge flow NAME [...]                      one flow: pretrain, evaluate_and_register, retrain
+    lmforge pipeline [TARGET ...] [-p params.yaml] [-S section.key=value ...] [--force]
+                                                 the pipeline (a Prefect flow); targets as `dvc repro` takes them
+    lmforge flow NAME [...]                      one flow: pretrain, finetune, evaluate_and_register, retrain
     lmforge stage NAME [-p params.yaml] [-S section.key=value ...]           one stage, as dvc.yaml runs it
     lmforge params [-p params.yaml] [-S section.key=value ...]
     lmforge serve [-p params.yaml]               Prefect deployments of every flow, retrain on a schedule
@@ -41,10 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("name", choices=sorted(STAGES), metavar="NAME", help=", ".join(STAGES))
     with_params(sub.add_parser("params", help="print the effective, validated parameters"))
     pipe = with_params(sub.add_parser("pipeline", help="run the whole pipeline as a Prefect flow"))
+    pipe.add_argument("targets", nargs="*", metavar="TARGET",
+                      help="stages of dvc.yaml (or patterns: 'register-pretrained@*') to run with what they depend "
+                           "on, as `dvc repro TARGET` does; default: every stage")
     pipe.add_argument("--force", action="store_true", help="rerun stages DVC considers up to date")
-    one = with_params(sub.add_parser("flow", help="run one flow: pretrain, evaluate_and_register, retrain"))
-    one.add_argument("name", choices=["pipeline", "pretrain", "evaluate_and_register", "retrain"])
+    one = with_params(sub.add_parser("flow", help="run one flow: pretrain, finetune, evaluate_and_register, retrain"))
+    one.add_argument("name", choices=["pipeline", "pretrain", "finetune", "evaluate_and_register", "retrain"])
     one.add_argument("--force", action="store_true")
+    one.add_argument("--tasks", nargs="+", default=["sst2"], help="finetune: the tasks (default: sst2)")
+    one.add_argument("--model", default="bert", help="finetune: bert or gpt")
+    one.add_argument("--init", default="pretrained", help="finetune: pretrained, scratch, a folder, or models:/NAME@ALIAS")
+    one.add_argument("--models", nargs="+", default=None,
+                     help="evaluate_and_register: these finetune runs only (default: every model)")
     serve = with_params(sub.add_parser("serve", help="serve every flow as a Prefect deployment (Ctrl-C stops)"))
     serve.add_argument("--no-server", action="store_true", help="do not start a Prefect server; use the one at the URL")
     compare = with_params(sub.add_parser("compare", help="MLflow runs side by side: differing params, metrics"))
@@ -70,6 +79,12 @@ def _run(args, params: Params) -> None:
 
         name = "pipeline" if args.command == "pipeline" else args.name
         kwargs = {"force": args.force} if name != "retrain" else {}
+        if args.command == "pipeline" and args.targets:
+            kwargs["targets"] = args.targets
+        if name == "finetune":
+            kwargs.update(tasks=args.tasks, model=args.model, init=args.init)
+        if name == "evaluate_and_register":
+            kwargs["models"] = args.models
         result = FLOWS[name](params=params, params_file=args.params, **kwargs)
         for stage in result["stages"]:
             print(f"{stage['stage']:<32} {stage['status']:<8} {stage['seconds']:7.1f}s  {stage['reason']}")

@@ -414,16 +414,19 @@ class EvaluateConfig(Section):
 
 
 class RegistryConfig(Section):
-    """MLflow model registry: what is registered, and the gate a new version passes to become champion."""
+    """MLflow model registry: the `register` stage, and the gate a new version passes to become champion."""
 
     enabled: bool = True
-    prefix: str = Field("lmforge-", description="registered model name: <prefix><run name>, e.g. lmforge-bert-sst2")
-    models: list[str] | None = Field(
-        None, description="runs to register (names under models/); default: every finetune run and both pretrained models"
-    )
+    prefix: str = Field("lmforge-", description="registered model name: <prefix><model>, e.g. lmforge-bert-sst2")
+    model: str = Field("bert-pretrained", description="what `lmforge stage register` registers: a finetune run's "
+                                                      "name, or bert-pretrained / gpt-pretrained")
+    receipts_dir: str = Field("reports/registry", description="<model>.json: version, aliases, the gate's decision")
     min_improvement: float = Field(
-        0.0, description="a candidate becomes champion if its main metric beats the champion's by at least this"
+        0.0, description="a candidate becomes champion if it beats the champion by at least this, in the metric's "
+                         "own direction (higher accuracy, lower bits per byte)"
     )
+    heldout_documents: int = Field(1000, ge=1, description="pretrained models: held-out documents scored for the gate")
+    seed: int = Field(0, description="pretrained BERT: which words of the held-out documents are masked for the gate")
 
 
 class OrchestrationConfig(Section):
@@ -432,7 +435,8 @@ class OrchestrationConfig(Section):
     prefect_api_url: str = Field("http://127.0.0.1:4200/api", description="the Prefect server `lmforge serve` uses or starts")
     retrain_cron: str = Field("0 3 * * 1", description="when the retrain deployment runs (cron, server time zone)")
     retrain_schedule_active: bool = Field(False, description="false: the schedule exists but is paused")
-    parallel_pretraining: bool = Field(False, description="pretrain BERT and GPT at once (worth it with a GPU each)")
+    max_parallel_stages: int = Field(1, ge=1, le=64, description="stages a flow runs at once, each when those it "
+                                                               "depends on are done (1: one after another)")
     retries: int = Field(2, ge=0, le=10, description="retries of a stage that failed on a transient fault")
     retry_delay_s: float = Field(10.0, ge=0)
 

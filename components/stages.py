@@ -1,8 +1,10 @@
-"""Every pipeline stage as one function of the effective params, named as in dvc.yaml.
+"""Every pipeline stage as one function of the effective params, named as `lmforge stage NAME`.
 
-`lmforge stage NAME` (what dvc.yaml's commands run) and the Prefect flows both call these, so a
-stage behaves the same whichever way it runs. Each returns the paths it wrote. Imports stay
-inside the functions so `lmforge params` starts instantly.
+dvc.yaml is the one definition of the pipeline: its stages, their order, and each stage's command
+`lmforge stage NAME [-S key=value ...]`. `dvc repro` runs those commands; the Prefect flows read
+the same graph and call the same functions in-process (`plan`), so a stage behaves the same
+whichever way it runs. Each returns the paths it wrote. Imports stay inside the functions so
+`lmforge params` starts instantly.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def finetune(params: Params) -> list[Path]:
     an init of models:/<name>@<alias> starts from that registered model."""
     from components.finetuning.stage import finetune as run_finetune
 
-    from components.registry import resolve_init
+    from components.registry.packaging import resolve_init
 
     cfg = params.finetune
     init = resolve_init(cfg.init, params.tracking, cfg.models_dir)
@@ -80,8 +82,15 @@ def report(params: Params) -> list[Path]:
             pretrained_vs_scratch_report(Path(params.finetune.reports_dir), out)]
 
 
-# CLI name -> stage function. dvc.yaml names them with underscores (pretrain_bert) and expands
-# finetune / prompt / evaluate per configured run (finetune@bert-sst2).
+def register(params: Params) -> list[Path]:
+    """registry.model into the MLflow registry through the gate; its receipt."""
+    from components.registry.stage import register_model
+
+    return [register_model(params)]
+
+
+# CLI name -> stage function; dvc.yaml names a stage the same (pretrain-bert), with @<item> where it
+# runs one per configured run (finetune@bert-sst2, register@bert-sst2, register-pretrained@gpt).
 STAGES: dict[str, Callable[[Params], list[Path]]] = {
     "ingest": ingest,
     "tokenizer": tokenizer,
@@ -91,6 +100,7 @@ STAGES: dict[str, Callable[[Params], list[Path]]] = {
     "prompt": prompt,
     "evaluate": evaluate,
     "report": report,
+    "register": register,
 }
 
 
@@ -103,25 +113,27 @@ class PlannedStage:
     params: Params
 
 
-def with_updates(params: Params, section: str, **values) -> Params:
-    updated = params.model_copy(deep=True)
-    setattr(updated, section, getattr(updated, section).model_copy(update=values))
-    return updated
+def plan(dvc_name: str, cmd: str, params: Params) -> PlannedStage:
+    """What dvc.yaml's `cmd` for stage `dvc_name` runs, as an in-process call: the stage function
+    `lmforge stage NAME` names, under `params` with the command's `-S` overrides applied."""
+    import contextlib
+    import io
+    import shlex
 
+    from components.cli import build_parser
+    from components.config import apply_override, validate_params
+    from components.errors import LmforgeError
 
-def finetune_stages(params: Params, names: list[str] | None = None) -> list[PlannedStage]:
-    runs = params.finetune.runs
-    return [PlannedStage(f"finetune@{name}", finetune,
-                         with_updates(params, "finetune", task=run.task, model=run.model, init=run.init, dataset=run.dataset))
-            for name, run in runs.items() if names is None or name in names]
-
-
-def prompt_stages(params: Params) -> list[PlannedStage]:
-    return [PlannedStage(f"prompt@{name}", prompt,
-                         with_updates(params, "prompt", task=run.task, shots=run.shots, init=run.init, dataset=run.dataset))
-            for name, run in params.prompt.runs.items()]
-
-
-def evaluate_stages(params: Params, names: list[str] | None = None) -> list[PlannedStage]:
-    return [PlannedStage(f"evaluate@{name}", evaluate, with_updates(params, "evaluate", model=name))
-            for name in params.finetune.runs if names is None or name in names]
+    argv = shlex.split(cmd)
+    try:
+        if argv[:2] != ["lmforge", "stage"]:
+            raise SystemExit
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse's usage text: the error below says it
+            args = build_parser().parse_args(argv[1:])
+    except SystemExit:  # argparse exits on what it cannot parse
+        raise LmforgeError(f"dvc.yaml: stage {dvc_name}: cmd {cmd!r} is not `lmforge stage NAME [-S key=value ...]`; "
+                           "the flows run lmforge's stages only (dvc repro runs any command)") from None
+    raw = params.model_dump(mode="json")
+    for item in args.overrides:
+        apply_override(raw, item)
+    return PlannedStage(dvc_name, STAGES[args.name], validate_params(raw, origin=f"dvc.yaml: stage {dvc_name}"))

@@ -13,6 +13,7 @@ import json
 import logging
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -22,6 +23,13 @@ from components.errors import LmforgeError
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_S = 600  # DVC's own lock wait is seconds; a concurrent flow's stage commit can take longer
+
+
+@dataclass(frozen=True)
+class GraphStage:
+    name: str                   # as dvc.yaml names it, e.g. finetune@bert-sst2
+    cmd: str                    # `lmforge stage NAME -S ...`
+    upstream: frozenset[str]    # every stage whose outputs it needs, directly or not
 
 
 class DvcProject:
@@ -50,6 +58,29 @@ class DvcProject:
                         "another dvc or lmforge process holds it"
                     ) from None
                 time.sleep(1.0)
+
+    def stages(self) -> list[GraphStage]:
+        """dvc.yaml's stages (foreach expanded from params.yaml), each after the stages whose outputs
+        it depends on and otherwise in dvc.yaml's order: the one definition of the pipeline."""
+        if not self.enabled:
+            raise LmforgeError(f"{self.root}: not a DVC project (no .dvc folder and dvc.yaml); the flows take their "
+                               "stages from dvc.yaml: run `dvc init` there, or run from the project's folder")
+
+        def collect(repo) -> list[GraphStage]:
+            import networkx as nx
+
+            graph = repo.index.graph  # an edge goes from a stage to a stage it depends on
+            order = {stage: n for n, stage in enumerate(repo.index.stages)}
+            ordered = nx.lexicographical_topological_sort(graph.reverse(copy=False), key=order.__getitem__)
+            return [GraphStage(s.addressing, s.cmd, frozenset(u.addressing for u in nx.descendants(graph, s)))
+                    for s in ordered if s.cmd]  # a stage without a command is data `dvc add` tracks
+
+        from dvc.exceptions import DvcException
+
+        try:
+            return self._with_lock("read dvc.yaml", collect)
+        except DvcException as error:  # a broken dvc.yaml or params.yaml DVC cannot template
+            raise LmforgeError(f"{self.root / 'dvc.yaml'}: {str(error).splitlines()[0]}") from None
 
     def changes(self, stage: str) -> list[str]:
         """Why `stage` would rerun (empty: deps, params and outs match dvc.lock)."""
@@ -107,11 +138,11 @@ def params_hash(section: dict) -> str:
     return hashlib.sha256(json.dumps(section, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def tree_hash(path: str | Path) -> str:
-    """sha256 over the relative names and bytes of the files under `path` (a dataset folder)."""
+def tree_hash(path: str | Path, pattern: str = "*") -> str:
+    """sha256 over the relative names and bytes of the files under `path` (a dataset folder) that match `pattern`."""
     digest = hashlib.sha256()
     root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+    for file in sorted(p for p in root.rglob(pattern) if p.is_file()):
         digest.update(file.relative_to(root).as_posix().encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()[:16]

@@ -1,23 +1,32 @@
 """The flows users run: the whole pipeline, and its parts on their own.
 
-Flows only wire stages (components/stages.py) through `run_stage`, which skips what DVC says is
-current and records what ran. Each flow run opens one MLflow parent run in the experiment
-`<tracking.experiment>-<flow>`; every stage run nests under it.
+Flows only wire stages. Each reads dvc.yaml's graph (its stages, their order and commands: the one
+definition of the pipeline), picks its part by stage name, and runs each stage through
+`run_stage`, which skips what DVC says is current and records what ran. Registration is a stage
+(`register@<run>`, `register-pretrained@<model>`) like the others. Each flow run opens one MLflow
+parent run in the experiment `<tracking.experiment>-<flow>`; every stage run nests under it.
+
+A flow run reads params.yaml when it starts (a deployment run from the Prefect UI or a schedule
+runs today's file, not a copy taken when it was deployed). Parameters given to the run (`params`,
+or `overrides` as `section.key=value`) apply to that run and are written to params.yaml, as
+`dvc exp run -S` does, so DVC sees what ran; nothing else in the file changes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import json
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from components import stages as S
 from components.config import DEFAULT_PARAMS, FinetuneRun, Params, load_params, write_params
+from components.errors import LmforgeError
 from components.tracking import client_run, parent_run
 from components.versioning import DvcProject
 from flows.tasks import StageOutcome, metrics_summary, run_stage, stage_options
@@ -43,57 +52,82 @@ def flow_tracking(params: Params, flow_name: str) -> Iterator[Params]:
             parent_run.reset(token)
 
 
-def resolve_params(params: Params | None, params_file: str) -> Params:
-    """The flow's params, written to the params file where they differ (DVC compares against it)."""
-    if params is None:
-        return load_params(params_file)
-    changed = write_params(params, params_file)
+def resolve_params(params: Params | None, params_file: str, overrides: list[str] | None = None) -> Params:
+    """The run's params: params.yaml as it is now, or `params` when given, with `overrides` on top;
+    what differs from the file is written to it (DVC compares against it), nothing else."""
+    on_disk = load_params(params_file)
+    if params is None and not overrides:
+        return on_disk
+    if overrides:
+        from components.config import apply_override, validate_params
+
+        raw = (params or on_disk).model_dump(mode="json")
+        for item in overrides:
+            apply_override(raw, item)
+        params = validate_params(raw, origin="overrides")
+    changed = write_params(params, params_file, base=on_disk)
     if changed:
         get_run_logger().info("params.yaml updated for this run: %s", ", ".join(changed))
     return params
 
 
-def run_all(planned: list[S.PlannedStage], params: Params, force: bool) -> list[StageOutcome]:
-    options = stage_options(params.orchestration.retries, params.orchestration.retry_delay_s)
-    return [run_stage.with_options(**options)(p, force) for p in planned]
+@dataclass(frozen=True)
+class Step:
+    stage: S.PlannedStage
+    upstream: frozenset[str]    # the selected stages it waits for
 
 
-@task(cache_policy=NO_CACHE)
-def register_models(params: Params, names: list[str] | None = None) -> list[dict]:
-    """Register each model in MLflow (skipping weights already registered) and apply the gate."""
-    from components.registry import register, workspace_candidates
-
-    if not (params.registry.enabled and params.tracking.enabled):
-        return []
-    rescore = _rescorer(params)
-    return [asdict(register(c, params.registry, params.tracking, rescore(c.name)))
-            for c in workspace_candidates(params, names)]
-
-
-def _rescorer(params: Params):
-    """For the gate: scores a champion's folder on today's evaluation data, as the evaluate stage does."""
-    def for_model(name: str):
-        run = params.finetune.runs.get(name)
-        if run is None:
-            return None
-
-        def score(folder: Path) -> float:
-            import json
-            import tempfile
-
-            from components.config import EvaluateConfig, TrackingConfig
-            from components.evaluation.evaluate import evaluate_model
-            from components.registry import validation_value
-
-            with tempfile.TemporaryDirectory() as tmp:
-                cfg = EvaluateConfig(model=str(folder), dataset=run.dataset or run.task, out_dir=tmp)
-                out = evaluate_model(cfg, Path(params.ingest.out_dir), TrackingConfig(enabled=False), params.finetune)
-                return validation_value(json.loads((out / "metrics.json").read_text()))
-        return score
-    return for_model
+def plan(params: Params, patterns: list[str], with_upstream: bool = False) -> list[Step]:
+    """The stages of dvc.yaml whose names match `patterns` (shell patterns: `register@*`), and with
+    `with_upstream` every stage they depend on, as `dvc repro TARGET` does; in the graph's order."""
+    graph = DvcProject(".").stages()
+    chosen = {s.name for s in graph if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)}
+    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(s.name, p) for s in graph)]
+    if unknown and with_upstream:  # targets the user typed: a typo should not run nothing in silence
+        raise LmforgeError(f"pipeline targets: {', '.join(unknown)} match no stage of dvc.yaml "
+                           f"(its stages: {', '.join(s.name for s in graph)})")
+    if with_upstream:
+        chosen |= {u for s in graph if s.name in chosen for u in s.upstream}
+    return [Step(S.plan(s.name, s.cmd, params), s.upstream & chosen) for s in graph if s.name in chosen]
 
 
-def publish_summary(flow_name: str, params: Params, outcomes: list[StageOutcome], registrations: list[dict]) -> str:
+def run_all(steps: list[Step], params: Params, force: bool) -> list[StageOutcome]:
+    """Run the steps in order, or up to orchestration.max_parallel_stages at a time, each once the
+    stages it depends on have finished. A failed stage fails the flow after what runs has finished."""
+    task = run_stage.with_options(**stage_options(params.orchestration.retries, params.orchestration.retry_delay_s))
+    width = params.orchestration.max_parallel_stages
+    if width == 1:
+        return [task(step.stage, force) for step in steps]
+    from prefect.futures import as_completed
+
+    waiting, running, outcomes, failed = list(steps), {}, {}, None
+    while waiting or running:
+        ready = [s for s in waiting if s.upstream <= outcomes.keys()] if failed is None else []
+        for step in ready[:width - len(running)]:
+            waiting.remove(step)
+            running[step.stage.dvc_name] = task.submit(step.stage, force)
+        if not running:
+            break
+        future = next(as_completed(list(running.values())))
+        name = next(n for n, f in running.items() if f is future)
+        del running[name]
+        try:
+            outcomes[name] = future.result()
+        except BaseException as error:  # noqa: BLE001 - raised again once the running stages end
+            failed = failed or error
+    if failed is not None:
+        raise failed
+    return [outcomes[s.stage.dvc_name] for s in steps]
+
+
+def registrations(outcomes: list[StageOutcome]) -> list[dict]:
+    """The receipts of the register stages that ran and registered a version (or found one)."""
+    receipts = [json.loads(Path(o.outputs[0]).read_text()) for o in outcomes
+                if o.status == "ran" and o.stage.startswith("register") and o.outputs]
+    return [r for r in receipts if r.get("registered")]
+
+
+def publish_summary(flow_name: str, params: Params, outcomes: list[StageOutcome], registered: list[dict]) -> str:
     """A Prefect markdown artifact: what ran or was skipped, key metrics, registered versions."""
     lines = [f"# lmforge {flow_name}", "", "| stage | status | why | seconds |", "|---|---|---|---|"]
     lines += [f"| {o.stage} | {o.status} | {o.reason} | {o.seconds:.1f} |" for o in outcomes]
@@ -101,10 +135,10 @@ def publish_summary(flow_name: str, params: Params, outcomes: list[StageOutcome]
     if metrics:
         lines += ["", "| metrics file | headline |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
-    if registrations:
+    if registered:
         ui = params.tracking.ui_url.rstrip("/")
         lines += ["", "| registered model | version | metric | champion? | decision |", "|---|---|---|---|---|"]
-        for r in registrations:
+        for r in registered:
             link = f"[{r['model']}]({ui}/#/models/{r['model']}/versions/{r['version']})"
             lines.append(f"| {link} | {r['version']} | {r['metric']} {r['value']:.4f} | "
                          f"{'yes' if r['promoted'] else 'no'} | {r['reason']} |")
@@ -115,58 +149,43 @@ def publish_summary(flow_name: str, params: Params, outcomes: list[StageOutcome]
     return markdown
 
 
-def _result(outcomes: list[StageOutcome], registrations: list[dict], **extra) -> dict:
-    return {"stages": [asdict(o) for o in outcomes], "registered": registrations, **extra}
+def run_flow(flow_name: str, params: Params, patterns: list[str], force: bool, with_upstream: bool = False) -> dict:
+    """Plan, run and summarise one flow's part of the graph, tracked as one MLflow parent run."""
+    with flow_tracking(params, flow_name) as tracked:
+        outcomes = run_all(plan(tracked, patterns, with_upstream), tracked, force)
+        registered = registrations(outcomes)
+        publish_summary(flow_name, tracked, outcomes, registered)
+    return {"stages": [asdict(o) for o in outcomes], "registered": registered}
 
 
 # log_prints stays off: lmforge logs through `logging`, and with it on, Prefect takes every print of
 # the process, even dill's disassembly that datasets reads back to fingerprint a .map function.
 @flow(name="pipeline")
-def pipeline(params: Params | None = None, force: bool = False, params_file: str = DEFAULT_PARAMS) -> dict:
-    """ingest -> tokenizer -> pretrain BERT and GPT -> fine-tune -> prompt -> evaluate -> report -> register."""
-    params = resolve_params(params, params_file)
-    with flow_tracking(params, "pipeline") as params:
-        outcomes = run_all([S.PlannedStage("ingest", S.ingest, params),
-                            S.PlannedStage("tokenizer", S.tokenizer, params)], params, force)
-        outcomes += _pretrain(params, force)
-        outcomes += run_all([*S.finetune_stages(params), *S.prompt_stages(params), *S.evaluate_stages(params),
-                             S.PlannedStage("report", S.report, params)], params, force)
-        registrations = register_models(params)
-        publish_summary("pipeline", params, outcomes, registrations)
-    return _result(outcomes, registrations)
-
-
-def _pretrain(params: Params, force: bool) -> list[StageOutcome]:
-    planned = [S.PlannedStage("pretrain_bert", S.pretrain_bert, params),
-               S.PlannedStage("pretrain_gpt", S.pretrain_gpt, params)]
-    if not params.orchestration.parallel_pretraining:
-        return run_all(planned, params, force)
-    options = stage_options(params.orchestration.retries, params.orchestration.retry_delay_s)
-    futures = [run_stage.with_options(**options).submit(p, force) for p in planned]
-    return [f.result() for f in futures]
+def pipeline(params: Params | None = None, force: bool = False, params_file: str = DEFAULT_PARAMS,
+             targets: list[str] | None = None, overrides: list[str] | None = None) -> dict:
+    """Every stage of dvc.yaml: ingest -> tokenizer -> pretrain -> fine-tune, prompt -> evaluate ->
+    report -> register. With `targets` (stage names or patterns), those and what they depend on."""
+    params = resolve_params(params, params_file, overrides)
+    return run_flow("pipeline", params, targets or ["*"], force, with_upstream=bool(targets))
 
 
 @flow(name="pretrain")
-def pretrain(params: Params | None = None, force: bool = False, params_file: str = DEFAULT_PARAMS) -> dict:
-    """Pretrain BERT and GPT on the ingested corpus (ingesting and training tokenizers if needed)."""
-    params = resolve_params(params, params_file)
-    with flow_tracking(params, "pretrain") as params:
-        outcomes = run_all([S.PlannedStage("ingest", S.ingest, params),
-                            S.PlannedStage("tokenizer", S.tokenizer, params)], params, force)
-        outcomes += _pretrain(params, force)
-        registrations = register_models(params, ["bert-pretrained", "gpt-pretrained"])
-        publish_summary("pretrain", params, outcomes, registrations)
-    return _result(outcomes, registrations)
+def pretrain(params: Params | None = None, force: bool = False, params_file: str = DEFAULT_PARAMS,
+             overrides: list[str] | None = None) -> dict:
+    """Pretrain BERT and GPT on the ingested corpus (ingesting and training tokenizers if needed), register them."""
+    params = resolve_params(params, params_file, overrides)
+    return run_flow("pretrain", params, ["register-pretrained@*"], force, with_upstream=True)
 
 
 @flow(name="finetune")
 def finetune(tasks: list[str], model: str = "bert", init: str = "pretrained", params: Params | None = None,
-             force: bool = False, params_file: str = DEFAULT_PARAMS) -> dict:
+             force: bool = False, params_file: str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
     """Fine-tune `model` on each task from `init`: pretrained, scratch, a local HF folder, or a
-    registered model as models:/<name>@<alias>. The runs join finetune.runs in params.yaml."""
-    from components.registry import resolve_init
+    registered model as models:/<name>@<alias>; evaluate and register each. The runs join
+    finetune.runs in params.yaml (so dvc.yaml's foreach has their stages)."""
+    from components.registry.packaging import resolve_init
 
-    base = resolve_params(params, params_file)
+    base = resolve_params(params, params_file, overrides)
     params = base.model_copy(deep=True)
     init = resolve_init(init, params.tracking, params.finetune.models_dir)
     names = []
@@ -177,43 +196,37 @@ def finetune(tasks: list[str], model: str = "bert", init: str = "pretrained", pa
     # Only the new runs are written: finetune flows running at once each add theirs.
     if added := write_params(params, params_file, base=base):
         get_run_logger().info("params.yaml: added %s", ", ".join(added))
-    with flow_tracking(params, "finetune") as params:
-        outcomes = run_all([*S.finetune_stages(params, names), *S.evaluate_stages(params, names)], params, force)
-        registrations = register_models(params, names)
-        publish_summary("finetune", params, outcomes, registrations)
-    return _result(outcomes, registrations)
+    return run_flow("finetune", params, [f"{stage}@{n}" for n in names for stage in ("finetune", "evaluate",
+                                                                                     "register")], force)
 
 
 @flow(name="evaluate_and_register")
 def evaluate_and_register(models: list[str] | None = None, params: Params | None = None, force: bool = False,
-                          params_file: str = DEFAULT_PARAMS) -> dict:
-    """Score fine-tuned models without training, write the reports, and register (through the gate)."""
-    params = resolve_params(params, params_file)
-    with flow_tracking(params, "evaluate_and_register") as params:
-        outcomes = run_all([*S.evaluate_stages(params, models), S.PlannedStage("report", S.report, params)],
-                           params, force)
-        registrations = register_models(params, models)
-        publish_summary("evaluate_and_register", params, outcomes, registrations)
-    return _result(outcomes, registrations)
+                          params_file: str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
+    """Score fine-tuned models without training, write the reports, and register (through the gate)
+    `models` (finetune run names), or every model."""
+    params = resolve_params(params, params_file, overrides)
+    patterns = ([f"{stage}@{m}" for m in models for stage in ("evaluate", "register")] if models is not None
+                else ["evaluate@*", "register@*", "register-pretrained@*"])
+    return run_flow("evaluate_and_register", params, [*patterns, "report"], force)
 
 
 @flow(name="retrain")
-def retrain(params: Params | None = None, params_file: str = DEFAULT_PARAMS) -> dict:
-    """Re-ingest; if the data's DVC hash changed, rerun the pipeline and register; else stop early."""
-    params = resolve_params(params, params_file)
+def retrain(params: Params | None = None, params_file: str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
+    """Re-ingest; if the data's DVC hash changed, rerun the pipeline (every stage the change reaches,
+    the champions rescored on the new evaluation data by the gate); else stop early."""
+    params = resolve_params(params, params_file, overrides)
     dvc = DvcProject(".")
     before = dvc.out_hash(params.ingest.out_dir)
-    with flow_tracking(params, "retrain") as tracked:
-        outcomes = run_all([S.PlannedStage("ingest", S.ingest, tracked)], tracked, force=True)
+    ingested = run_flow("retrain", params, ["ingest"], force=True)
     after = dvc.out_hash(params.ingest.out_dir)
     if before is not None and before == after:
         reason = f"data unchanged ({params.ingest.out_dir} md5 {after}): nothing to retrain"
         get_run_logger().info(reason)
-        publish_summary("retrain", params, outcomes, [])
-        return _result(outcomes, [], retrained=False, reason=reason)
+        return {**ingested, "retrained": False, "reason": reason}
     result = pipeline(params=params, params_file=params_file)
     reason = f"data changed ({params.ingest.out_dir} md5 {before} -> {after})"
-    return {**result, "stages": [asdict(o) for o in outcomes] + result["stages"], "retrained": True, "reason": reason}
+    return {**result, "stages": ingested["stages"] + result["stages"], "retrained": True, "reason": reason}
 
 
 FLOWS = {"pipeline": pipeline, "pretrain": pretrain, "finetune": finetune,

@@ -1,7 +1,9 @@
 """`lmforge serve`: every flow as a Prefect deployment, `retrain` on a cron schedule.
 
-The deployments' default parameters are params.yaml's values, so the Prefect UI's run form
-shows them, typed. A Prefect server is started on 127.0.0.1 unless one answers at the URL.
+A deployment carries no copy of params.yaml: a run reads the file when it starts, so an edit made
+while `lmforge serve` runs is what the next run (from the UI or the schedule) uses. The run form
+takes `overrides` (`section.key=value`, as `-S` does) or a whole `params` object (typed) for that
+run. A Prefect server is started on 127.0.0.1 unless one answers at the URL.
 """
 
 from __future__ import annotations
@@ -47,23 +49,29 @@ def start_server(api_url: str, timeout_s: float = 120.0) -> subprocess.Popen:
     return process
 
 
+# The deployments, defined once: deployment name -> (flow, parameters it starts with). `lmforge serve`
+# serves these; prefect.yaml declares the same for `prefect deploy` to a work pool (tests/test_serve.py
+# checks that the two agree).
+DEPLOYMENTS: dict[str, tuple[str, dict]] = {
+    "lmforge-pipeline": ("pipeline", {}),
+    "lmforge-pretrain": ("pretrain", {}),
+    "lmforge-finetune": ("finetune", {"tasks": ["sst2"]}),
+    "lmforge-evaluate_and_register": ("evaluate_and_register", {}),
+    "lmforge-retrain": ("retrain", {}),
+}
+SCHEDULED = "lmforge-retrain"  # on orchestration.retrain_cron
+
+
 def deployments(params: Params, params_file: str):
-    """One deployment per flow; retrain scheduled by cron, paused unless the schedule is active."""
+    """One deployment per entry of DEPLOYMENTS; retrain scheduled by cron, paused unless the schedule is active."""
     from flows.pipeline import FLOWS
 
-    defaults = {"params": params.model_dump(mode="json"), "params_file": str(Path(params_file).resolve())}
     result = []
-    for name, flow in FLOWS.items():
-        parameters = dict(defaults)
-        if name == "finetune":
-            parameters["tasks"] = ["sst2"]
-        if name == "retrain":
-            result.append(flow.to_deployment(name=f"lmforge-{name}", parameters=parameters,
-                                             cron=params.orchestration.retrain_cron,
-                                             paused=not params.orchestration.retrain_schedule_active,
-                                             tags=["lmforge"]))
-        else:
-            result.append(flow.to_deployment(name=f"lmforge-{name}", parameters=parameters, tags=["lmforge"]))
+    for name, (flow_name, parameters) in DEPLOYMENTS.items():
+        parameters = {**parameters, "params_file": str(Path(params_file).resolve())}
+        schedule = ({"cron": params.orchestration.retrain_cron, "paused": not params.orchestration.retrain_schedule_active}
+                    if name == SCHEDULED else {})
+        result.append(FLOWS[flow_name].to_deployment(name=name, parameters=parameters, tags=["lmforge"], **schedule))
     return result
 
 

@@ -9,6 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
 
+import dvc  # noqa: E402,F401 - DVC sets up its log handler on import, bound to the sys.stderr of that
+#                moment: imported here, that is the session's, not a test's capsys stream (closed after the test)
 import pytest  # noqa: E402
 from datasets import Dataset, DatasetDict  # noqa: E402
 

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def project(tmp_path):
-    # One BERT and one GPT fine-tuning run; QA and the other task kinds run through the flows in test_flows.py.
-    return make_project(tmp_path, finetune_runs={"bert-rte": {"task": "rte", "model": "bert", "init": "pretrained"},
-                                                 "gpt-sst2": {"task": "sst2", "model": "gpt", "init": "pretrained"}})
+    # One fine-tuning run: the flows (test_flows.py) run the same commands of dvc.yaml for GPT, QA and prompting.
+    return make_project(tmp_path, finetune_runs={"bert-rte": {"task": "rte", "model": "bert", "init": "pretrained"}},
+                        prompt_runs={})
 
 
 def test_repro_builds_everything_then_is_a_no_op_and_pushes(project):
@@ -31,10 +31,13 @@ def test_repro_builds_everything_then_is_a_no_op_and_pushes(project):
     assert "dvc.lock" in os.listdir(project)
     assert AutoModelForMaskedLM.from_pretrained(project / "models" / "bert-pretrained").config.hidden_size == 64
     assert AutoModelForCausalLM.from_pretrained(project / "models" / "gpt-pretrained").config.n_layer == 2
-    for name in ("bert-rte", "gpt-sst2"):
-        assert AutoModelForSequenceClassification.from_pretrained(project / "models" / name).num_labels == 2
-        assert "validation" in json.loads((project / "reports" / "metrics" / f"{name}.json").read_text())
+    assert AutoModelForSequenceClassification.from_pretrained(project / "models" / "bert-rte").num_labels == 2
+    assert "validation" in json.loads((project / "reports" / "metrics" / "bert-rte.json").read_text())
     assert json.loads(sh("dvc", "metrics", "show", "--json", cwd=project))  # DVC reads every metrics file
+    # Registration is a stage of dvc.yaml too: each model's receipt names its version and the gate's decision.
+    for name in ("bert-rte", "bert-pretrained", "gpt-pretrained"):
+        receipt = json.loads((project / "reports" / "registry" / f"{name}.json").read_text())
+        assert receipt["model"] == f"lmforge-{name}" and receipt["version"] == 1 and receipt["promoted"]
 
     second = sh("dvc", "repro", cwd=project)
     assert "Running stage" not in second

@@ -11,7 +11,7 @@ from components.config import (BertTokenizerConfig, DemoConfig, EvaluateConfig, 
                                ModelConfig, TrackingConfig)
 from components.data.demo import build_demo
 from components.errors import LmforgeError
-from components.evaluation import evaluate_model
+from components.evaluation.evaluate import evaluate_model
 from components.finetuning.metrics import seqeval_metrics, squad_metrics
 from components.finetuning.stage import finetune
 from components.pretraining.models import bert_config, build_bert

@@ -38,7 +38,8 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     import mlflow
 
     from components.config import load_params
-    from components.registry import register, workspace_candidates
+    from components.registry.gate import register
+    from components.registry.stage import candidate
     from flows.pipeline import pipeline
 
     root = make_project(tmp_path)
@@ -54,9 +55,13 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     assert not [line for line in logged if "LOAD_GLOBAL" in line or "RESUME" in line]
     statuses = {s["stage"]: s["status"] for s in first["stages"]}
     assert statuses == {name: "ran" for name in [
-        "ingest", "tokenizer", "pretrain_bert", "pretrain_gpt", "finetune@bert-rte", "finetune@gpt-sst2",
+        "ingest", "tokenizer", "pretrain-bert", "pretrain-gpt", "finetune@bert-rte", "finetune@gpt-sst2",
         "finetune@bert-squad", "prompt@gpt-0shot-sst2", "evaluate@bert-rte", "evaluate@gpt-sst2", "evaluate@bert-squad",
-        "report"]}
+        "report", "register@bert-rte", "register@gpt-sst2", "register@bert-squad", "register-pretrained@bert",
+        "register-pretrained@gpt"]}
+    # The flow runs dvc.yaml's graph in its order: each stage after those whose outputs it reads.
+    order = [s["stage"] for s in first["stages"]]
+    assert order.index("evaluate@bert-rte") < order.index("register@bert-rte") > order.index("finetune@bert-rte")
     assert "Data and pipelines are up to date." in sh("dvc", "status", cwd=root)
 
     # MLflow: one parent run for the flow run, every stage nested under it.
@@ -101,11 +106,12 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     assert len(answers) == 1 and answers[0] in context  # a span of the context (QA has our own pyfunc)
 
     # The gate: a worse model stays candidate; the champion does not move.
-    candidate = next(c for c in workspace_candidates(params, ["bert-rte"]))
-    worse = dataclasses.replace(candidate, value=candidate.value - 0.2,
-                                lineage={**candidate.lineage, "dvc.model": "another-model"})
+    current = candidate(params, "bert-rte")
+    worse = dataclasses.replace(current, value=current.value - 0.2,
+                                lineage={**current.lineage, "dvc.model": "another-model"})
     decision = register(worse, params.registry, params.tracking)
-    assert not decision.promoted and decision.version == 2 and decision.champion_value == pytest.approx(candidate.value)
+    assert not decision.promoted and decision.version == 2 and decision.champion_value == pytest.approx(current.value)
+    assert not decision.champion_rescored  # same evaluation data: the champion's recorded number stands
     assert str(client.get_model_version_by_alias("lmforge-bert-rte", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("lmforge-bert-rte", "candidate").version) == "2"
     assert client.get_model_version("lmforge-bert-rte", "2").tags["gate.decision"] == "candidate"
@@ -116,10 +122,16 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     table = compare_runs(params.tracking, "lmforge-pipeline", "validation/accuracy", plot_path=root / "compare.png")
     assert "finetune-bert-rte" in table and "finetune-gpt-sst2" in table and (root / "compare.png").stat().st_size > 0
 
-    # Nothing changed: every stage is skipped and nothing is registered twice.
+    # Nothing changed: every stage, registration included, is skipped; nothing is registered twice.
     second = pipeline(params_file="params.yaml")
-    assert {s["status"] for s in second["stages"]} == {"skipped"}
-    assert all(r["skipped"] for r in second["registered"])
+    assert {s["status"] for s in second["stages"]} == {"skipped"} and second["registered"] == []
+    assert len(client.search_model_versions("name = 'lmforge-bert-pretrained'")) == 1
+    # The register stage run again by hand on the same weights finds the version that holds them.
+    from components.stages import register as register_stage
+
+    (receipt,) = register_stage(load_params("params.yaml", ["registry.model=bert-pretrained"]))
+    again = json.loads(receipt.read_text())
+    assert again["skipped"] and again["version"] == 1 and again["aliases"] == ["candidate", "champion"]
     assert len(client.search_model_versions("name = 'lmforge-bert-pretrained'")) == 1
 
     # The finetune flow starts from a registered model by alias.
@@ -127,7 +139,8 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
 
     tuned = finetune(tasks=["rte"], init="models:/lmforge-bert-pretrained@champion", params_file="params.yaml")
     name = "bert-lmforge-bert-pretrained-champion-rte"
-    assert [s["status"] for s in tuned["stages"]] == ["ran", "ran"]
+    assert [(s["stage"], s["status"]) for s in tuned["stages"]] == [
+        (f"finetune@{name}", "ran"), (f"evaluate@{name}", "ran"), (f"register@{name}", "ran")]
     assert (root / "models" / name / "model.safetensors").exists()
     assert tuned["registered"][0]["model"] == f"lmforge-{name}"
 

@@ -1,4 +1,5 @@
-"""`lmforge serve` against a temporary Prefect server: deployments, the retrain schedule, a triggered run."""
+"""`lmforge serve` against a temporary Prefect server: deployments, the retrain schedule, triggered runs
+that read params.yaml as it is when they start; prefect.yaml declares the same deployments."""
 
 import asyncio
 import os
@@ -9,11 +10,32 @@ import sys
 import time
 
 import pytest
+import yaml
 
-from tests.conftest import make_project, sh
+from tests.conftest import REPO, make_project, sh
 
-pytestmark = pytest.mark.slow
 
+def test_prefect_yaml_declares_the_deployments_serve_serves():
+    """Defined once: prefect.yaml (for `prefect deploy` to a work pool) agrees with flows/serve.py."""
+    from components.config import OrchestrationConfig
+    from flows.pipeline import FLOWS
+    from flows.serve import DEPLOYMENTS, SCHEDULED
+
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert [d["name"] for d in declared] == list(DEPLOYMENTS)
+    for d in declared:
+        flow_name, parameters = DEPLOYMENTS[d["name"]]
+        path, _, function = d["entrypoint"].partition(":")
+        assert path == "flows/pipeline.py" and FLOWS[flow_name].fn.__name__ == function
+        assert d.get("parameters", {}) == parameters
+        schedules = d.get("schedules", [])
+        if d["name"] == SCHEDULED:
+            assert schedules == [{"cron": OrchestrationConfig().retrain_cron, "active": False}]
+        else:
+            assert schedules == []
+
+
+@pytest.mark.slow
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -21,11 +43,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_publishes_deployments_with_schedule_and_runs_retrain(tmp_path, monkeypatch):
+def test_serve_publishes_deployments_and_runs_read_params_yaml_when_they_start(tmp_path, monkeypatch):
+    import mlflow
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from components.config import load_params
     from flows.serve import server_is_up, start_server
 
     root = make_project(tmp_path)
@@ -60,10 +84,27 @@ def test_serve_publishes_deployments_with_schedule_and_runs_retrain(tmp_path, mo
             retrain = by_name["lmforge-retrain"]
             assert [s.schedule.cron for s in retrain.schedules] == ["15 4 * * *"]
             assert retrain.paused  # the schedule waits until orchestration.retrain_schedule_active
-            assert retrain.parameters["params"]["ingest"]["demo"]["corpus_documents"] == 120  # params.yaml's values
+            # No copy of params.yaml in the deployment: a run reads the file when it starts.
+            assert set(retrain.parameters) == {"params_file"}
 
+            # 1. The user edits params.yaml while serve runs: the next triggered run uses the edit.
+            edited = (root / "params.yaml").read_text().replace("experiment: lmforge\n", "experiment: edited\n")
+            edited = edited.replace("min_improvement: 0.0\n", "min_improvement: 0.25\n")
+            (root / "params.yaml").write_text(edited)
             flow_run = run_deployment("retrain/lmforge-retrain", timeout=300)
             assert flow_run.state.is_completed(), flow_run.state
+            client = mlflow.MlflowClient(tracking_uri=load_params(root / "params.yaml").tracking.uri)
+            experiment = client.get_experiment_by_name("edited-retrain")  # the flow's experiment: <experiment>-retrain
+            assert experiment is not None and client.search_runs([experiment.experiment_id])
+            assert (root / "params.yaml").read_text() == edited  # nothing written back over the edit
+
+            # 2. A parameter given in the run form applies to that run, is recorded, and reverts nothing else.
+            flow_run = run_deployment("retrain/lmforge-retrain", timeout=300,
+                                      parameters={"overrides": ["registry.min_improvement=0.5"]})
+            assert flow_run.state.is_completed(), flow_run.state
+            after = load_params(root / "params.yaml")
+            assert after.registry.min_improvement == 0.5 and after.tracking.experiment == "edited"
+            assert "min_improvement: 0.5" in (root / "params.yaml").read_text()
     finally:
         served.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
         try:

@@ -2,13 +2,10 @@
 
 - `evaluate.evaluate_model`: a fine-tuned folder scored on a split, with plots (confusion matrix,
   STS-B scatter, per-entity F1, SQuAD EM/F1);
+- `heldout`: pretrained BERT's masked-word accuracy and GPT's bits per byte on held-out text;
 - `why_bert.why_bert_report`: one word in sentences of different senses, its contextual
   embeddings compared (pretrained vs random weights vs the static input embedding);
 - `comparison.pretrained_vs_scratch_report`: the finetune stage's reports paired by init.
+
+Nothing is imported here: the report stage should not pay for evaluate's imports, nor the reverse.
 """
-
-from components.evaluation.comparison import pretrained_vs_scratch_report
-from components.evaluation.evaluate import evaluate_model
-from components.evaluation.why_bert import why_bert_report
-
-__all__ = ["evaluate_model", "pretrained_vs_scratch_report", "why_bert_report"]

@@ -42,8 +42,11 @@ def pretrained_vs_scratch_report(metrics_dir: Path, out_dir: Path) -> Path:
     scored = {m: g for m, g in glue.items() if g["tasks"]}
     labels = [f"{r['model']} {r['task']}" for r in rows] + [f"{m} GLUE ({len(g['tasks'])})" for m, g in scored.items()]
     values = [[r[i] for r in rows] + [g[i] for g in scored.values()] for i in INITS]
-    paired_bars(labels, values[0], values[1], INITS, "task score (validation)",
-                "fine-tuned from pretrained weights vs from random weights", out_dir / "pretrained_vs_scratch.png")
+    title = "fine-tuned from pretrained weights vs from random weights"
+    if not rows:
+        title += f"\n(no fine-tuning reports in {metrics_dir}: finetune.runs is empty)"
+    paired_bars(labels, values[0], values[1], INITS, "task score (validation)", title,
+                out_dir / "pretrained_vs_scratch.png")
     return path
 
 
@@ -65,9 +68,9 @@ def glue_scores(pairs: dict[str, dict]) -> dict:
 
 def finetune_reports(metrics_dir: Path) -> dict[str, dict]:
     """{file name: report} of the finetune stage's reports in `metrics_dir` (see the module's doc)."""
-    if not metrics_dir.is_dir():
-        raise LmforgeError(f"report: metrics folder {metrics_dir} not found; run the finetune stage first")
     reports = {}
+    if not metrics_dir.is_dir():  # a pipeline without fine-tuning runs: nothing to compare
+        return reports
     for path in sorted(metrics_dir.glob("*.json")):
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
@@ -78,9 +81,6 @@ def finetune_reports(metrics_dir: Path) -> dict[str, dict]:
         if report["init"] not in INITS or path.stem != run_name(report):
             continue
         reports[path.name] = report
-    if not reports:
-        raise LmforgeError(f"report: no finetune reports (with task, model, init and score) in {metrics_dir}; "
-                           "run the finetune stage first")
     return reports
 
 
@@ -115,5 +115,7 @@ def markdown_table(rows: list[dict], glue: dict[str, dict]) -> str:
             diff = g["pretrained"] - g["scratch"]
             lines.append(f"| {model} | **GLUE score** ({', '.join(g['tasks'])}) | mean task score "
                          f"| {cell(g['pretrained'])} | {cell(g['scratch'])} | {cell(diff, True)} |")
+    if not rows:
+        return "No fine-tuning reports to compare: finetune.runs has no run (or none has run yet).\n"
     return ("Task score on validation (the mean of the task's metrics; MNLI over matched and mismatched). "
             "A blank cell: that run has no report.\n\n" + "\n".join(lines) + "\n")

@@ -16,7 +16,7 @@ REGISTER_ONE = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from components.config import RegistryConfig, TrackingConfig
-    from components.registry import Candidate, register
+    from components.registry.gate import Candidate, register
     spec = json.loads(sys.argv[1])
     candidate = Candidate(spec["name"], Path(spec["model_dir"]), "accuracy", spec["value"], True, "same-eval-data",
                           "a sentence", {"dvc.model": spec["hash"]})
@@ -135,7 +135,7 @@ def test_three_finetune_flows_at_once_record_every_run_version_and_stage(tmp_pat
     from tests.test_serve import free_port
 
     root = make_project(tmp_path, finetune_runs={}, prompt_runs={})
-    sh("dvc", "repro", "pretrain_bert", cwd=root)
+    sh("dvc", "repro", "pretrain-bert", cwd=root)
     api = f"http://127.0.0.1:{free_port()}/api"
     env = {**child_env(), "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

@@ -265,7 +265,7 @@ def test_registration(workspace, tmp_path):
     import mlflow
 
     root = workspace.copy("finetune", tmp_path)
-    args = ("flow", "evaluate_and_register", "-S", "registry.models=[bert-rte]")
+    args = ("flow", "evaluate_and_register", "--models", "bert-rte")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
 
     frozen = Frozen(root, args, ("open",), "MLmodel")

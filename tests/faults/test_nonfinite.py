@@ -42,7 +42,7 @@ def make_params(root: Path, tokenizers_dir: Path, **train) -> Params:
                      "runs": {"bert-sst2": {"task": "sst2", "model": "bert", "init": "pretrained"}},
                      "train": {"max_steps": 4, "batch_size": 4, "val_every_n_steps": 2, "warmup_steps": 1,
                                "log_every_n_steps": 1, **train}},
-        "registry": {"models": ["bert-sst2"]},
+        "registry": {"model": "bert-sst2"},
         "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "nonfinite"},
     })
 
@@ -128,7 +128,7 @@ def test_finetuning_loss_inf_stops_at_the_step_and_exports_nothing(project, toke
     """Fine-tuning loss becomes inf at step 2: stops naming the task and step 2; no model, metrics or predictions; no registration"""
     from components import stages
     from components.finetuning.training import FinetuneModule
-    from components.registry import workspace_candidates
+    from components.registry.stage import candidate
 
     original = FinetuneModule.forward
 
@@ -148,7 +148,7 @@ def test_finetuning_loss_inf_stops_at_the_step_and_exports_nothing(project, toke
     (failed,) = runs(params, "finetune-bert-sst2")
     assert failed.info.status == "FAILED"
     with pytest.raises(LmforgeError, match="registry: model folder models/bert-sst2 not found"):
-        workspace_candidates(params)
+        candidate(params, "bert-sst2")
     assert registered_models(params) == []
 
 
@@ -156,7 +156,8 @@ def test_finetuning_loss_inf_stops_at_the_step_and_exports_nothing(project, toke
 def test_registry_refuses_a_non_finite_metric(project, tokenizers_dir, value):
     """The gate metric in the metrics JSON is NaN or inf: registration refused naming the model and value; no version"""
     from components import stages
-    from components.registry import register, workspace_candidates
+    from components.registry.gate import register
+    from components.registry.stage import candidate
 
     params = make_params(project, tokenizers_dir, max_steps=2)
     stages.finetune(params)
@@ -165,10 +166,10 @@ def test_registry_refuses_a_non_finite_metric(project, tokenizers_dir, value):
     metrics["validation"]["accuracy"] = value  # as a scorer writes for a degenerate model (STS-B's pearson of a constant)
     metrics_path.write_text(json.dumps(metrics))  # json writes NaN / Infinity, and reads them back
 
-    (candidate,) = workspace_candidates(params)
-    assert candidate.value != candidate.value if math.isnan(value) else candidate.value == value
+    model = candidate(params, "bert-sst2")
+    assert model.value != model.value if math.isnan(value) else model.value == value
     with pytest.raises(LmforgeError, match=rf"^registry: bert-sst2 has accuracy = {value}, not a number the gate can "
                                            r"compare; models/bert-sst2 is not registered$"):
-        register(candidate, params.registry, params.tracking)
+        register(model, params.registry, params.tracking)
     assert registered_models(params) == []
     assert runs(params, "register-bert-sst2") == []  # refused before any MLflow run was opened

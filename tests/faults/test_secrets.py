@@ -123,7 +123,7 @@ def test_env_secrets_never_reach_mlflow_prefect_artifacts_or_logs(tmp_path, monk
     assert {name: hits for name, data in files.items() if (hits := found(values, data))} == {}
 
     # Prefect: flow and task runs with their parameters, every log line, the summary artifact.
-    for expected in ("pretrain_bert", "lmforge-pretrain", "lmforge-gpt-pretrained"):
+    for expected in ("pretrain-bert", "lmforge-pretrain", "lmforge-gpt-pretrained"):
         assert expected in prefect
     assert found(values, prefect) == []
 

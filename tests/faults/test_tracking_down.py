@@ -53,7 +53,7 @@ def workspace(root: Path, tokenizers_dir: Path, uri: str) -> Params:
                              "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2},
                              "train": {"max_steps": 10, "batch_size": 8, "val_every_n_steps": 5, "warmup_steps": 1,
                                        "checkpoint_every_n_steps": 2, "log_every_n_steps": 1}}},
-        "registry": {"models": ["gpt-pretrained"]},
+        "registry": {"model": "gpt-pretrained"},
         "tracking": {"uri": uri, "experiment": "down"},
     })
 
@@ -164,7 +164,7 @@ def test_refused_connection_is_retried_by_the_flow_a_bounded_number_of_times(tmp
     @flow
     def one_stage():
         options = stage_options(params.orchestration.retries, delay_s=0.0)  # as flows/pipeline.py runs stages
-        return run_stage.with_options(**options)(PlannedStage("pretrain_gpt", pretrain_gpt, params))
+        return run_stage.with_options(**options)(PlannedStage("pretrain-gpt", pretrain_gpt, params))
 
     refused = f"tracking.uri {uri}: the MLflow tracking server does not answer " + r"\(connection refused; 3 attempts\)"
     with prefect_test_harness(server_startup_timeout=STARTUP_S), pytest.raises(TrackingUnavailable, match=refused):
@@ -183,9 +183,11 @@ def test_server_killed_mid_run_keeps_the_work_and_registration_retries_alone(tmp
     """MLflow server killed mid-training, then mid-registration: each fails naming the URL; checkpoint resumes, registration retries alone"""
     import mlflow
 
-    from components import registry, stages
+    from components import stages
     from components.pretraining.module import GptPretrainModule
-    from components.registry import register, workspace_candidates
+    from components.registry import gate as registry
+    from components.registry.gate import register
+    from components.registry.stage import candidate
     from components.tracking import TrackingUnavailable
 
     monkeypatch.chdir(tmp_path)
@@ -232,7 +234,7 @@ def test_server_killed_mid_run_keeps_the_work_and_registration_retries_alone(tmp
 
     monkeypatch.setattr(registry, "_gate", gate_then_kill)
     with pytest.raises(TrackingUnavailable, match=f"{down}register-gpt-pretrained"):
-        register(workspace_candidates(params)[0], params.registry, params.tracking)
+        register(candidate(params, "gpt-pretrained"), params.registry, params.tracking)
     assert (model_dir / "model.safetensors").read_bytes() == weights  # the trained model is untouched
 
     # 4. Server back: registration alone (no training) leaves one whole version, champion.
@@ -240,10 +242,10 @@ def test_server_killed_mid_run_keeps_the_work_and_registration_retries_alone(tmp
     server.start()
     assert [v.tags.get("gate.decision") for v in client.search_model_versions("name = 'lmforge-gpt-pretrained'")
             ] == [None]  # the interrupted version: created, never gated
-    done = register(workspace_candidates(params)[0], params.registry, params.tracking)
+    done = register(candidate(params, "gpt-pretrained"), params.registry, params.tracking)
     assert done.promoted and not done.skipped
     versions = client.search_model_versions("name = 'lmforge-gpt-pretrained'")
     assert [v.version for v in versions] == [str(done.version)] and versions[0].tags["gate.decision"] == "champion"
     assert client.get_model_version_by_alias("lmforge-gpt-pretrained", "champion").version == str(done.version)
-    again = register(workspace_candidates(params)[0], params.registry, params.tracking)
+    again = register(candidate(params, "gpt-pretrained"), params.registry, params.tracking)
     assert again.skipped and again.version == done.version  # a third try registers nothing new
