@@ -6,6 +6,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread per process, this one and every process it starts: the suite runs three workers (and
+# their `lmforge` children) on two cores, where the tiny models gain nothing from a second thread
+# and every process loses to the contention.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
@@ -53,6 +57,45 @@ def tokenizers_dir(tmp_path_factory) -> Path:
     )
     train_tokenizers(cfg, corpus, root, root / "metrics.json")
     return root
+
+
+# ------------------------------------------------------------------ one Prefect server per test process
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> str:
+    """A Prefect server on 127.0.0.1 for every test of this process (an xdist worker) that runs flows,
+    in-process (the settings) or through `lmforge` subprocesses (PREFECT_API_URL in the environment):
+    one server start, instead of a test harness or an ephemeral server per test, saves minutes of the
+    suite on two cores. Tests find their own flow runs, experiments and models by name or id."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.serve import start_server
+
+    api = f"http://127.0.0.1:{free_port()}/api"
+    saved = {key: os.environ.get(key) for key in ("PREFECT_HOME", "PREFECT_API_URL")}
+    os.environ.update(PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-home")), PREFECT_API_URL=api,
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    server = start_server(api, timeout_s=STARTUP_S)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            yield api
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # ------------------------------------------------------------------ a fresh copy of the project

@@ -1,4 +1,4 @@
-"""The pipeline flow as users run it: Prefect (test harness), MLflow on a temporary sqlite store,
+"""The pipeline flow as users run it: Prefect (a test server), MLflow on a temporary sqlite store,
 DVC in a temporary git repository. Runs, nesting, registered versions, aliases, the gate, lineage,
 a pyfunc prediction from the champion, a clean `dvc status`, and a rerun that skips everything."""
 
@@ -8,21 +8,13 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import STARTUP_S, make_project, sh
+from tests.conftest import make_project, sh
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=STARTUP_S):
-        yield
-
-
 def flow_log_lines() -> list[str]:
-    """Every log line the Prefect server holds."""
+    """Every log line the Prefect server holds (this test's and earlier ones' on the same server)."""
     from prefect.client.orchestration import get_client
     from prefect.logging.handlers import APILogWorker
 
@@ -34,7 +26,7 @@ def flow_log_lines() -> list[str]:
     return lines
 
 
-def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monkeypatch, harness):
+def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monkeypatch, prefect_api):
     import mlflow
 
     from components.config import load_params

@@ -4,7 +4,6 @@ that read params.yaml as it is when they start; prefect.yaml declares the same d
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,80 +35,67 @@ def test_prefect_yaml_declares_the_deployments_serve_serves():
 
 
 @pytest.mark.slow
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_serve_publishes_deployments_and_runs_read_params_yaml_when_they_start(tmp_path, monkeypatch):
+def test_serve_publishes_deployments_and_runs_read_params_yaml_when_they_start(tmp_path, prefect_api):
     import mlflow
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from components.config import load_params
-    from flows.serve import server_is_up, start_server
+    from flows.serve import server_is_up
 
     root = make_project(tmp_path)
     # The data is already ingested and recorded, so retrain re-ingests, sees the same hash and stops early.
     sh("lmforge", "stage", "ingest", cwd=root)
     sh("dvc", "commit", "-f", "ingest", cwd=root)
 
-    api = f"http://127.0.0.1:{free_port()}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    monkeypatch.setenv("PREFECT_HOME", env["PREFECT_HOME"])  # the server started below keeps its database there
-    server = start_server(api)
+    api = prefect_api
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     log = tmp_path / "serve.log"
     served = subprocess.Popen(["lmforge", "serve", "--no-server", "-S", f"orchestration.prefect_api_url={api}",
                                "-S", "orchestration.retrain_cron=15 4 * * *"],
                               cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         assert server_is_up(api)
-        with temporary_settings(updates={PREFECT_API_URL: api}):
-            async def deployments():
-                async with get_client() as client:
-                    return await client.read_deployments()
 
-            found, deadline = [], time.monotonic() + 120
-            while len(found) < 5 and time.monotonic() < deadline and served.poll() is None:
-                time.sleep(2)
-                found = asyncio.run(deployments())
-            assert served.poll() is None, log.read_text()
-            by_name = {d.name: d for d in found}
-            assert set(by_name) == {"lmforge-pipeline", "lmforge-pretrain", "lmforge-finetune",
-                                    "lmforge-evaluate_and_register", "lmforge-retrain"}
-            retrain = by_name["lmforge-retrain"]
-            assert [s.schedule.cron for s in retrain.schedules] == ["15 4 * * *"]
-            assert retrain.paused  # the schedule waits until orchestration.retrain_schedule_active
-            # No copy of params.yaml in the deployment: a run reads the file when it starts.
-            assert set(retrain.parameters) == {"params_file"}
+        async def deployments():
+            async with get_client() as client:
+                return await client.read_deployments()
 
-            # 1. The user edits params.yaml while serve runs: the next triggered run uses the edit.
-            edited = (root / "params.yaml").read_text().replace("experiment: lmforge\n", "experiment: edited\n")
-            edited = edited.replace("min_improvement: 0.0\n", "min_improvement: 0.25\n")
-            (root / "params.yaml").write_text(edited)
-            flow_run = run_deployment("retrain/lmforge-retrain", timeout=300)
-            assert flow_run.state.is_completed(), flow_run.state
-            client = mlflow.MlflowClient(tracking_uri=load_params(root / "params.yaml").tracking.uri)
-            experiment = client.get_experiment_by_name("edited-retrain")  # the flow's experiment: <experiment>-retrain
-            assert experiment is not None and client.search_runs([experiment.experiment_id])
-            assert (root / "params.yaml").read_text() == edited  # nothing written back over the edit
+        found, deadline = [], time.monotonic() + 120
+        while len(found) < 5 and time.monotonic() < deadline and served.poll() is None:
+            time.sleep(2)
+            found = asyncio.run(deployments())
+        assert served.poll() is None, log.read_text()
+        by_name = {d.name: d for d in found}
+        assert set(by_name) == {"lmforge-pipeline", "lmforge-pretrain", "lmforge-finetune",
+                                "lmforge-evaluate_and_register", "lmforge-retrain"}
+        retrain = by_name["lmforge-retrain"]
+        assert [s.schedule.cron for s in retrain.schedules] == ["15 4 * * *"]
+        assert retrain.paused  # the schedule waits until orchestration.retrain_schedule_active
+        # No copy of params.yaml in the deployment: a run reads the file when it starts.
+        assert set(retrain.parameters) == {"params_file"}
 
-            # 2. A parameter given in the run form applies to that run, is recorded, and reverts nothing else.
-            flow_run = run_deployment("retrain/lmforge-retrain", timeout=300,
-                                      parameters={"overrides": ["registry.min_improvement=0.5"]})
-            assert flow_run.state.is_completed(), flow_run.state
-            after = load_params(root / "params.yaml")
-            assert after.registry.min_improvement == 0.5 and after.tracking.experiment == "edited"
-            assert "min_improvement: 0.5" in (root / "params.yaml").read_text()
+        # 1. The user edits params.yaml while serve runs: the next triggered run uses the edit.
+        edited = (root / "params.yaml").read_text().replace("experiment: lmforge\n", "experiment: edited\n")
+        edited = edited.replace("min_improvement: 0.0\n", "min_improvement: 0.25\n")
+        (root / "params.yaml").write_text(edited)
+        flow_run = run_deployment("retrain/lmforge-retrain", timeout=300)
+        assert flow_run.state.is_completed(), flow_run.state
+        client = mlflow.MlflowClient(tracking_uri=load_params(root / "params.yaml").tracking.uri)
+        experiment = client.get_experiment_by_name("edited-retrain")  # the flow's experiment: <experiment>-retrain
+        assert experiment is not None and client.search_runs([experiment.experiment_id])
+        assert (root / "params.yaml").read_text() == edited  # nothing written back over the edit
+
+        # 2. A parameter given in the run form applies to that run, is recorded, and reverts nothing else.
+        flow_run = run_deployment("retrain/lmforge-retrain", timeout=300,
+                                  parameters={"overrides": ["registry.min_improvement=0.5"]})
+        assert flow_run.state.is_completed(), flow_run.state
+        after = load_params(root / "params.yaml")
+        assert after.registry.min_improvement == 0.5 and after.tracking.experiment == "edited"
+        assert "min_improvement: 0.5" in (root / "params.yaml").read_text()
     finally:
         served.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
         try:
             served.wait(timeout=60)
         except subprocess.TimeoutExpired:
             served.kill()
-        server.terminate()
-        server.wait(timeout=60)

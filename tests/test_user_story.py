@@ -9,7 +9,7 @@ import random
 import pytest
 import yaml
 
-from tests.conftest import STARTUP_S, make_project, sh
+from tests.conftest import make_project, sh
 
 pytestmark = pytest.mark.slow
 
@@ -49,14 +49,6 @@ def write_user_files(root, rng: random.Random, start: int, books: int) -> None:
         path.write_text((path.read_text() if path.exists() else "sentence\tlabel\n") + reviews(rng, n))
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=STARTUP_S):
-        yield
-
-
 def lmforge(*argv: str) -> None:
     from components.cli import main
 
@@ -67,7 +59,7 @@ def versions(client, name: str) -> dict[int, object]:
     return {int(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
 
 
-def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypatch, harness):
+def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypatch, prefect_api):
     import mlflow
 
     root = make_project(tmp_path, finetune_runs={"bert-sst2": {"task": "sst2", "model": "bert", "init": "pretrained"}},
@@ -137,7 +129,7 @@ def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypat
     assert "Data and pipelines are up to date." in sh("dvc", "status", cwd=root)
 
 
-def test_a_pipeline_of_only_gpt_then_only_pretraining(tmp_path, monkeypatch, harness):
+def test_a_pipeline_of_only_gpt_then_only_pretraining(tmp_path, monkeypatch, prefect_api):
     """Any subset of the stages runs and reports what it has: a target, and no fine-tuning runs."""
     from flows.pipeline import pipeline
 

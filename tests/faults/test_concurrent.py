@@ -127,32 +127,20 @@ def test_dvc_lock_held_by_another_process_makes_a_stage_fail_clearly(tmp_path, m
 
 
 @pytest.mark.slow
-def test_three_finetune_flows_at_once_record_every_run_version_and_stage(tmp_path):
+def test_three_finetune_flows_at_once_record_every_run_version_and_stage(tmp_path, prefect_api):
     """Three finetune flows at once (one Prefect server, one sqlite store, one DVC repo): every run, version and stage recorded."""
     import mlflow
 
-    from flows.serve import start_server
-    from tests.test_serve import free_port
-
     root = make_project(tmp_path, finetune_runs={}, prompt_runs={})
     sh("dvc", "repro", "pretrain-bert", cwd=root)
-    api = f"http://127.0.0.1:{free_port()}/api"
-    env = {**child_env(), "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]
-    server = start_server(api)
+    env = {**child_env(), "PREFECT_API_URL": prefect_api}
     flow = "import sys; from flows.pipeline import finetune; finetune(tasks=[sys.argv[1]], params_file='params.yaml')"
-    try:
-        children = {task: subprocess.Popen([sys.executable, "-c", flow, task], cwd=root, env=env,
-                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                    for task in ("rte", "sst2", "mrpc")}
-        for task, child in children.items():
-            out, _ = child.communicate(timeout=500)
-            assert child.returncode == 0, f"{task}:\n{out[-4000:]}"
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        os.environ.pop("PREFECT_HOME", None)
+    children = {task: subprocess.Popen([sys.executable, "-c", flow, task], cwd=root, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for task in ("rte", "sst2", "mrpc")}
+    for task, child in children.items():
+        out, _ = child.communicate(timeout=500)
+        assert child.returncode == 0, f"{task}:\n{out[-4000:]}"
 
     names = [f"bert-{task}" for task in ("rte", "sst2", "mrpc")]
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -87,8 +87,9 @@ def child_env(root: Path, freeze: dict | None = None) -> dict:
     hooks = root.parent / "hooks"
     hooks.mkdir(exist_ok=True)
     (hooks / "sitecustomize.py").write_text(FREEZER)
+    # Flows run against the session's Prefect server (conftest.prefect_api) when the test asks for it.
     env = {**os.environ, "PATH": f"{LMFORGE.parent}:{os.environ['PATH']}", "PYTHONPATH": str(hooks),
-           "PREFECT_HOME": str(root.parent / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            # One thread per process: tiny models gain nothing from two, and lose much when the cores are shared.
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env.pop("LMFORGE_TEST_FREEZE", None)
@@ -260,7 +261,7 @@ def test_finetuning(workspace, tmp_path):
     assert leftovers(root / "models") == []
 
 
-def test_registration(workspace, tmp_path):
+def test_registration(workspace, tmp_path, prefect_api):
     """SIGKILL in the evaluate_and_register flow while it saves the model to register: nothing is registered; the rerun registers version 1 and ends the killed flow's MLflow runs FAILED"""
     import mlflow
 

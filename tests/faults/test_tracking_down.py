@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import yaml
 from datasets import Dataset, DatasetDict
 
 from components.config import Params
-from tests.conftest import CORPUS, STARTUP_S
+from tests.conftest import CORPUS, STARTUP_S, free_port
 
 MLFLOW_HTTP_VARS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 
@@ -35,12 +34,6 @@ def restore_mlflow_http_settings(monkeypatch):
     """lmforge sets MLflow's HTTP variables process-wide; put them back for the tests after these."""
     for name in MLFLOW_HTTP_VARS:
         monkeypatch.delenv(name, raising=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def workspace(root: Path, tokenizers_dir: Path, uri: str) -> Params:
@@ -142,10 +135,10 @@ def test_refused_connection_fails_the_stage_before_training_in_seconds(tmp_path,
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "20"
 
 
-def test_refused_connection_is_retried_by_the_flow_a_bounded_number_of_times(tmp_path, tokenizers_dir, monkeypatch):
+def test_refused_connection_is_retried_by_the_flow_a_bounded_number_of_times(tmp_path, tokenizers_dir, monkeypatch,
+                                                                               prefect_api):
     """Tracking URL refuses connections inside a Prefect flow: the stage is tried 1 + orchestration.retries times, then fails naming the URL"""
     from prefect import flow
-    from prefect.testing.utilities import prefect_test_harness
 
     from components import stages
     from components.stages import PlannedStage
@@ -167,7 +160,7 @@ def test_refused_connection_is_retried_by_the_flow_a_bounded_number_of_times(tmp
         return run_stage.with_options(**options)(PlannedStage("pretrain-gpt", pretrain_gpt, params))
 
     refused = f"tracking.uri {uri}: the MLflow tracking server does not answer " + r"\(connection refused; 3 attempts\)"
-    with prefect_test_harness(server_startup_timeout=STARTUP_S), pytest.raises(TrackingUnavailable, match=refused):
+    with pytest.raises(TrackingUnavailable, match=refused):
         one_stage()
     assert params.orchestration.retries == 2 and len(calls) == 3
     assert waits == [1, 2] * 3  # each try: 3 attempts, 1 + 2 s apart
