@@ -37,9 +37,8 @@ from components.finetuning.checkpoints import WEIGHT_FILES, load_init  # noqa: E
 from components.finetuning.classification import ClassificationModule, encode_glue, glue_loader  # noqa: E402
 from components.finetuning.metrics import task_score  # noqa: E402
 from components.finetuning.scoring import score_glue  # noqa: E402
-from components.finetuning.training import total_steps  # noqa: E402
 from components.pretraining.models import build_bert  # noqa: E402
-from components.pretraining.trainer import resolve_accelerator  # noqa: E402
+from components.training.trainer import resolve_accelerator, total_steps  # noqa: E402
 from components.tokenizer import train_bert_tokenizer  # noqa: E402
 from racing import (DEVICE, REFERENCE, Clock, HFClock, Turns, bf16_available, environment, greenlet,  # noqa: E402
                     quiet_and_restored, write_report)
@@ -72,7 +71,7 @@ def lmforge_contestant(task: str, train_split, folder: Path, ft: FinetuneConfig,
                                      max_seq_length=ft.max_seq_length, **extra)
         loader = glue_loader(encode_glue(train_split, task, tokenizer, ft.max_seq_length), tokenizer,
                              cfg.batch_size, True, cfg.seed, cfg.num_workers)
-        module = ClassificationModule(model, task, cfg, total_steps(cfg, loader))
+        module = ClassificationModule(model, task, cfg, total_steps(cfg, len(loader)))
         clock = Clock(turns, module.total_steps, args.skip, args.window)
         with tempfile.TemporaryDirectory() as root:
             trainer = L.Trainer(

@@ -38,7 +38,8 @@ from components.pretraining.gpt_data import build_gpt_blocks  # noqa: E402
 from components.pretraining.models import build_bert, build_gpt, count_flops_per_token  # noqa: E402
 from components.pretraining.module import BertPretrainModule, GptPretrainModule  # noqa: E402
 from components.pretraining.throughput import ThroughputLogger, measure_peak_flops  # noqa: E402
-from components.pretraining.trainer import PretrainDataModule, resolve_accelerator, unwrap  # noqa: E402
+from components.pretraining.trainer import PretrainDataModule  # noqa: E402
+from components.training.trainer import resolve_accelerator, unwrap  # noqa: E402
 from components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer  # noqa: E402
 from racing import (DEVICE, REFERENCE, Clock, HFClock, Turns, bf16_available, environment, greenlet,  # noqa: E402
                     quiet_and_restored, write_report)
@@ -54,7 +55,8 @@ def lmforge_contestant(kind, build_model, train, collate, cfg: TrainConfig, args
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         model = build_model()
         module = (BertPretrainModule if kind == "bert" else GptPretrainModule)(model, cfg, args.steps)
-        data = PretrainDataModule(train, train, collate, collate, cfg, args.steps)
+        data = PretrainDataModule(train, train, collate, collate, cfg)
+        data.total_batches = args.steps
         clock, accelerator = Clock(turns, args.steps, args.warmup, args.window), resolve_accelerator(cfg.accelerator)
         callbacks = [ThroughputLogger(flops_for(model, args.seq_len), peak), clock.timer()]
         with tempfile.TemporaryDirectory() as root:

@@ -15,15 +15,19 @@ A user mistake (LmforgeError) is printed as one line on stderr with exit code 2;
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
 from components.config import DEFAULT_PARAMS, Params, load_params
 from components.errors import LmforgeError
 from components.stages import STAGES
+
+OUTPUTS_ENV = "LMFORGE_STAGE_OUTPUTS"  # where `lmforge stage` also writes the paths it printed, as JSON
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,8 +76,14 @@ def _run(args, params: Params) -> None:
     if args.command == "params":
         yaml.safe_dump(params.model_dump(mode="json"), sys.stdout, sort_keys=False)
     elif args.command == "stage":
-        for path in STAGES[args.name](params):
-            print(path)
+        paths = STAGES[args.name](params)
+        from components.training.distributed import world
+
+        if world()[0] == 0:  # the other ranks of a multi-process run wrote nothing
+            for path in paths:
+                print(path)
+            if outputs_file := os.environ.get(OUTPUTS_ENV):  # a flow that ran this stage as a command reads them
+                Path(outputs_file).write_text(json.dumps([str(p) for p in paths]))
     elif args.command in ("pipeline", "flow"):
         from flows.pipeline import FLOWS
 

@@ -172,9 +172,12 @@ class TrainConfig(Section):
     """What Lightning needs to train; the same keys for pretraining and fine-tuning."""
 
     seed: int = 0
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="per device: a step sees batch_size x devices x num_nodes x "
+                                                   "accumulate_grad_batches examples")
     learning_rate: float = Field(1e-3, gt=0, le=1.0)
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW's; never on biases and LayerNorm weights")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's (beta1, beta2)")
+    adam_epsilon: float = Field(1e-8, gt=0)
     warmup_steps: int = Field(50, ge=0)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_steps: int = Field(600, ge=-1, description="-1: run max_epochs instead")
@@ -191,6 +194,7 @@ class TrainConfig(Section):
     strategy: str = Field("auto", description="auto, ddp, fsdp, deepspeed, ... as Lightning names them")
     num_nodes: int = Field(1, ge=1)
     compile: bool = Field(False, description="torch.compile the model")
+    deterministic: bool = Field(True, description="deterministic algorithms (Lightning's deterministic=True)")
     num_workers: int = Field(0, ge=0)
 
     @field_validator("precision", mode="before")
@@ -245,7 +249,8 @@ class BertPretrainConfig(CorpusInput):
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     # Masked LM learns from 15% of the tokens: it needs more steps than GPT to learn the facts.
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=2500, learning_rate=2e-3))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=2500, learning_rate=2e-3,
+                                                                   adam_betas=(0.9, 0.98), adam_epsilon=1e-6))
 
     @model_validator(mode="after")
     def _fits_positions(self) -> BertPretrainConfig:
@@ -265,7 +270,8 @@ class GptPretrainConfig(CorpusInput):
     plot: str = "reports/plots/pretrain_gpt_loss.png"
     block_size: int = Field(128, ge=8)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=1500, learning_rate=2e-3))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=1500, learning_rate=2e-3,
+                                                                   adam_betas=(0.9, 0.98), adam_epsilon=1e-6))
 
     @model_validator(mode="after")
     def _fits_positions(self) -> GptPretrainConfig:

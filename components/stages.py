@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import FinetuneRun, Params, PromptRun
+from components.config import FinetuneRun, Params, PromptRun, TrainConfig
 
 
 def ingest(params: Params) -> list[Path]:
@@ -104,6 +104,16 @@ STAGES: dict[str, Callable[[Params], list[Path]]] = {
 }
 
 
+# The training each stage runs, where it has one: with several processes (DDP, FSDP, several
+# nodes) Lightning starts them by running the stage's command again, so a flow runs such a stage as
+# a command of its own rather than in its own process.
+TRAINING: dict[str, Callable[[Params], TrainConfig]] = {
+    "pretrain-bert": lambda p: p.pretrain.bert.train,
+    "pretrain-gpt": lambda p: p.pretrain.gpt.train,
+    "finetune": lambda p: p.finetune.train,
+}
+
+
 @dataclass(frozen=True)
 class PlannedStage:
     """One stage of the pipeline as dvc.yaml names it, with the params it runs under."""
@@ -111,6 +121,15 @@ class PlannedStage:
     dvc_name: str
     function: Callable[[Params], list[Path]]
     params: Params
+    name: str = ""  # as `lmforge stage NAME` names it
+
+    @property
+    def processes(self) -> int:
+        """How many processes its training runs in (1 for a stage without training)."""
+        from components.training.trainer import processes
+
+        train = TRAINING.get(self.name)
+        return processes(train(self.params)) if train else 1
 
 
 def plan(dvc_name: str, cmd: str, params: Params) -> PlannedStage:
@@ -136,4 +155,5 @@ def plan(dvc_name: str, cmd: str, params: Params) -> PlannedStage:
     raw = params.model_dump(mode="json")
     for item in args.overrides:
         apply_override(raw, item)
-    return PlannedStage(dvc_name, STAGES[args.name], validate_params(raw, origin=f"dvc.yaml: stage {dvc_name}"))
+    return PlannedStage(dvc_name, STAGES[args.name], validate_params(raw, origin=f"dvc.yaml: stage {dvc_name}"),
+                        args.name)

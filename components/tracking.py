@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextvars import ContextVar
+from pathlib import Path
 from time import sleep
 from typing import Any
 
@@ -27,7 +28,10 @@ from components.errors import LmforgeError
 
 log = logging.getLogger(__name__)
 
-parent_run: ContextVar[str | None] = ContextVar("lmforge_parent_run", default=None)
+# The flow run's MLflow run; a stage a flow runs in a process of its own (a multi-process training)
+# finds it in the environment.
+PARENT_RUN_ENV = "LMFORGE_PARENT_RUN_ID"
+parent_run: ContextVar[str | None] = ContextVar("lmforge_parent_run", default=os.environ.get(PARENT_RUN_ENV) or None)
 
 
 def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -40,15 +44,20 @@ def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def mlflow_logger(tracking: TrackingConfig, run_name: str):
     """Lightning's MLFlowLogger on `tracking.uri` for a new run, or None when tracking is off.
-    (A resumed stage gets a new run too, tagged with the one it resumes: see pretraining/trainer.py.)"""
+
+    Every process of a multi-process run has one; the run itself is created when global rank 0
+    first uses it (training/trainer.py's RunRecord). A resumed stage gets a new run too, tagged
+    with the one it resumes."""
     if not tracking.enabled:
         return None
     check_server(tracking)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.loggers import MLFlowLogger
 
-    # The experiment created here, race-safe, rather than by the logger's unguarded lookup-then-create.
-    client = tracking_client(tracking, run_name)
-    fail_dead_runs(client, experiment_id(client, tracking.experiment))
+    if rank_zero_only.rank == 0:  # not a process Lightning started for another rank
+        # The experiment created here, race-safe, rather than by the logger's unguarded lookup-then-create.
+        client = tracking_client(tracking, run_name)
+        fail_dead_runs(client, experiment_id(client, tracking.experiment))
     logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=tracking.uri, run_name=run_name,
                           log_model=False, tags=run_tags())
     # Every request the logger makes (run creation, metrics, finalize) goes through this client.
@@ -85,12 +94,21 @@ def experiment_id(client, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri))
     except MlflowException:  # another process created it between the lookup and here
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a sqlite store go to `mlruns/` beside the database file. MLflow's default is
+    `./mlruns` of whichever directory the process that created the experiment ran in; a server
+    (http) chooses its own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
 
 
 # ------------------------------------------------------------------ a tracking server that is down

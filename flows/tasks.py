@@ -67,12 +67,49 @@ def run_stage(planned: PlannedStage, force: bool = False, root: str = ".") -> St
     start = time.perf_counter()
     try:
         with server_errors(planned.params.tracking, planned.dvc_name):  # the stage's own MLflow calls too
-            outputs = planned.function(planned.params)
+            outputs = planned.function(planned.params) if planned.processes == 1 else run_command(planned, logger)
     except LmforgeError as error:
         logger.error("%s: %s", planned.dvc_name, error)
         raise
     dvc.record(planned.dvc_name)
     return StageOutcome(planned.dvc_name, "ran", reason, time.perf_counter() - start, [str(p) for p in outputs])
+
+
+def run_command(planned: PlannedStage, logger) -> list[Path]:
+    """Run a stage whose training takes several processes as `lmforge stage NAME` (Lightning starts
+    the other ranks by running that command again, which the flow's own process must not be), under
+    exactly the planned params, nested in the flow's MLflow run; its output goes to the flow's log."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    from components.tracking import PARENT_RUN_ENV, parent_run
+
+    from components.cli import OUTPUTS_ENV
+
+    with tempfile.TemporaryDirectory(prefix=".lmforge-stage-", dir=".") as tmp:
+        params_file, outputs = Path(tmp) / "params.yaml", Path(tmp) / "outputs.json"
+        params_file.write_text(yaml.safe_dump(planned.params.model_dump(mode="json"), sort_keys=False))
+        env = {**os.environ, PARENT_RUN_ENV: parent_run.get() or "", OUTPUTS_ENV: str(outputs)}
+        command = [sys.executable, "-m", "components.cli", "stage", planned.name, "-p", str(params_file)]
+        logger.info("%s: %d processes: %s", planned.dvc_name, planned.processes, " ".join(command[2:]))
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            logger.info("%s", line.rstrip())
+        process.wait()
+        errors = [line.removeprefix("lmforge: error: ") for line in lines if line.startswith("lmforge: error: ")]
+        if process.returncode == 2 and errors:
+            raise LmforgeError(errors[-1])
+        if process.returncode != 0:
+            raise RuntimeError(f"{planned.dvc_name}: `lmforge stage {planned.name}` exited with {process.returncode}:"
+                               "\n" + "\n".join(lines[-30:]))
+        return [Path(p) for p in json.loads(outputs.read_text())]
 
 
 def stage_options(retries: int, delay_s: float) -> dict:

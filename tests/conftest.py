@@ -11,6 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # and every process loses to the contention.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import dvc  # noqa: E402,F401 - DVC sets up its log handler on import, bound to the sys.stderr of that
@@ -70,32 +71,67 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory) -> str:
-    """A Prefect server on 127.0.0.1 for every test of this process (an xdist worker) that runs flows,
-    in-process (the settings) or through `lmforge` subprocesses (PREFECT_API_URL in the environment):
-    one server start, instead of a test harness or an ephemeral server per test, saves minutes of the
-    suite on two cores. Tests find their own flow runs, experiments and models by name or id."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+_shared_prefect: dict = {}  # the xdist controller's Prefect server: {"api": url, "process": Popen}
 
-    from flows.serve import start_server
+
+def start_shared_prefect(home: Path) -> str:
+    """Start (without waiting for it) the Prefect server every test process of this run shares."""
+    import subprocess
+    import sys
 
     api = f"http://127.0.0.1:{free_port()}/api"
-    saved = {key: os.environ.get(key) for key in ("PREFECT_HOME", "PREFECT_API_URL")}
-    os.environ.update(PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-home")), PREFECT_API_URL=api,
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    server = start_server(api, timeout_s=STARTUP_S)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    port = api.split(":")[2].split("/")[0]
+    _shared_prefect.update(api=api, process=subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", port], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+    return api
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist, in the controller: every worker is told the one Prefect server of the run."""
+    if not _shared_prefect:
+        import tempfile
+
+        start_shared_prefect(Path(tempfile.mkdtemp(prefix="lmforge-prefect-")))
+    node.workerinput["lmforge_prefect_api"] = _shared_prefect["api"]
+
+
+def pytest_unconfigure(config):
+    if process := _shared_prefect.pop("process", None):
+        process.terminate()
+        process.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(request, tmp_path_factory) -> str:
+    """A Prefect server on 127.0.0.1 for every test that runs flows, in-process (the settings) or through
+    `lmforge` subprocesses (PREFECT_API_URL in the environment). Under xdist, one for the whole run,
+    started by the controller; without it, one for this process. A server start costs seconds of both
+    cores: one instead of a test harness or an ephemeral server per test saves minutes of the suite.
+    Tests find their own flow runs, experiments and models by name or id."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.serve import server_is_up
+
+    api = getattr(request.config, "workerinput", {}).get("lmforge_prefect_api")
+    if api is None:
+        api = start_shared_prefect(tmp_path_factory.mktemp("prefect-home"))
+    deadline = time.monotonic() + STARTUP_S
+    while not server_is_up(api):
+        assert time.monotonic() < deadline, f"the Prefect server at {api} did not start within {STARTUP_S} s"
+        time.sleep(1.0)
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ.update(PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false")
     try:
         with temporary_settings(updates={PREFECT_API_URL: api}):
             yield api
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
 
 
 # ------------------------------------------------------------------ a fresh copy of the project
@@ -117,6 +153,34 @@ def sh(*cmd, cwd, check: bool = True):
     if check:
         assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+def nan_loss_at(monkeypatch, module_class, step: int) -> None:
+    """Make a pretraining module's training loss NaN at `step`, for the tests of the non-finite guard."""
+    original = module_class.totals
+
+    def totals(self, batch):
+        out = original(self, batch)
+        if self.global_step == step:
+            loss, count = out["loss"]
+            out["loss"] = (loss * float("nan"), count)
+        return out
+
+    monkeypatch.setattr(module_class, "totals", totals)
+
+
+def run_stage_in(root: Path, name: str, *overrides: str) -> list[Path]:
+    """`lmforge stage NAME -S ...` in `root`, called in this process: for a test's preparation, where a
+    process of its own would cost its imports and show nothing more."""
+    from components.config import load_params
+    from components.stages import STAGES
+
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        return STAGES[name](load_params("params.yaml", list(overrides)))
+    finally:
+        os.chdir(before)
 
 
 def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs: dict | None = None) -> Path:

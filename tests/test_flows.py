@@ -145,3 +145,48 @@ def test_transient_faults_are_retried_user_errors_are_not():
     assert is_transient(RuntimeError("API request to http://127.0.0.1:5000 failed: Max retries exceeded"))
     assert not is_transient(LmforgeError("params.yaml: finetune.task: unknown"))
     assert not is_transient(ValueError("a bug"))
+
+
+def test_independent_stages_run_at_once_each_after_what_it_needs(tmp_path, monkeypatch, prefect_api):
+    """orchestration.max_parallel_stages 2: two stages at a time at most, none before those it depends on."""
+    import threading
+    import time
+
+    from prefect import flow
+
+    from components.config import Params
+    from components.stages import PlannedStage
+    from flows.pipeline import Step, run_all
+
+    monkeypatch.chdir(tmp_path)  # not a DVC project: every stage runs, nothing is recorded
+    events, lock = [], threading.Lock()
+
+    def stage(name: str):
+        def run(params):
+            with lock:
+                events.append(("start", name))
+            time.sleep(1.0)
+            with lock:
+                events.append(("end", name))
+            return []
+        return run
+
+    params = Params.model_validate({"orchestration": {"max_parallel_stages": 2, "retries": 0},
+                                    "tracking": {"enabled": False}})
+    needs = {"a": set(), "b": set(), "c": {"a"}, "d": {"a", "b", "c"}}
+    steps = [Step(PlannedStage(name, stage(name), params, name), frozenset(up)) for name, up in needs.items()]
+
+    @flow
+    def wired():
+        return run_all(steps, params, force=False)
+
+    assert [o.stage for o in wired()] == ["a", "b", "c", "d"]  # reported in the graph's order
+    running, most = set(), 0
+    for kind, name in events:
+        if kind == "start":
+            assert all(("end", up) in events[:events.index((kind, name))] for up in needs[name]), (name, events)
+            running.add(name)
+            most = max(most, len(running))
+        else:
+            running.discard(name)
+    assert most == 2  # a and b at once; never three

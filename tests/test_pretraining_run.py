@@ -13,7 +13,7 @@ from components.config import BertPretrainConfig, GptPretrainConfig, TrackingCon
 from components.errors import LmforgeError
 from components.pretraining import stages
 from components.pretraining.module import BertPretrainModule
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, nan_loss_at
 
 TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
 
@@ -73,13 +73,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, co
 
 
 def test_non_finite_loss_stops_with_the_step_and_exports_nothing(tmp_path, tokenizers_dir, corpus, monkeypatch):
-    original = BertPretrainModule.losses
-
-    def nan_at_step_3(self, batch):
-        loss, metrics = original(self, batch)
-        return (loss * float("nan"), metrics) if self.global_step == 3 else (loss, metrics)
-
-    monkeypatch.setattr(BertPretrainModule, "losses", nan_at_step_3)
+    nan_loss_at(monkeypatch, BertPretrainModule, 3)
     with pytest.raises(LmforgeError, match=r"pretrain-bert: training loss became nan at step 3; nothing was exported"):
         stages.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir), corpus, OFF)
     assert not (tmp_path / "bert").exists() and not (tmp_path / "bert.json").exists()

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_project, sh
+from tests.conftest import REPO, make_project, run_stage_in, sh
 
 
 def test_prefect_yaml_declares_the_deployments_serve_serves():
@@ -45,7 +45,7 @@ def test_serve_publishes_deployments_and_runs_read_params_yaml_when_they_start(t
 
     root = make_project(tmp_path)
     # The data is already ingested and recorded, so retrain re-ingests, sees the same hash and stops early.
-    sh("lmforge", "stage", "ingest", cwd=root)
+    run_stage_in(root, "ingest")
     sh("dvc", "commit", "-f", "ingest", cwd=root)
 
     api = prefect_api

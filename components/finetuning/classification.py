@@ -50,24 +50,18 @@ def glue_loader(data: Dataset, tokenizer, batch_size: int, shuffle: bool, seed: 
 class ClassificationModule(FinetuneModule):
     """Trains a *ForSequenceClassification model; scores each validation pass with GLUE's metrics."""
 
-    def __init__(self, model, task: str, train: TrainConfig, total_steps: int):
+    def __init__(self, model, task: str, train: TrainConfig, total_steps: int = 0):
         super().__init__(model, task, train, total_steps)
         self.regression = GLUE_TASKS[task].is_regression
-        self._predictions: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_items(self, batch: dict) -> list[tuple[float, float]]:
         out = self(batch)
-        self.log("val/loss", out.loss, prog_bar=True)
-        self._predictions.append(predict(out.logits, self.regression).cpu())
-        self._labels.append(batch["labels"].cpu())
+        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True)
+        return list(zip(predict(out.logits, self.regression).cpu().tolist(), batch["labels"].cpu().tolist()))
 
-    def on_validation_epoch_end(self) -> None:
-        if not self._predictions:
-            return
-        preds, labels = torch.cat(self._predictions).numpy(), torch.cat(self._labels).numpy()
-        self._predictions, self._labels = [], []
-        self.log_metrics(glue_metrics(self.task, preds, labels))
+    def score(self, items: list[tuple[float, float]]) -> dict:
+        preds, labels = (np.array(column) for column in zip(*items))
+        return glue_metrics(self.task, preds, labels)
 
 
 def predict(logits: torch.Tensor, regression: bool) -> torch.Tensor:

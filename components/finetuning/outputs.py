@@ -9,7 +9,7 @@ from pathlib import Path
 
 from components.atomic import atomic_dir, write_json, write_text
 from components.config import FinetuneConfig, FinetuneRun, TrackingConfig
-from components.pretraining.trainer import unwrap
+from components.training.trainer import unwrap
 from components.tracking import flatten_params
 
 log = logging.getLogger(__name__)
@@ -21,10 +21,10 @@ def run_metrics(run: FinetuneRun, metric: str, results: dict[str, dict], score: 
             **results, "score": score, "steps": steps}
 
 
-def publish(cfg: FinetuneConfig, run: FinetuneRun, tracking: TrackingConfig, logger, model, tokenizer,
+def publish(cfg: FinetuneConfig, run: FinetuneRun, tracking: TrackingConfig, run_id: str | None, model, tokenizer,
             metrics: dict, predictions: list[dict]) -> Path:
     """Export `model` beside its tokenizer as models/<name>, write the metrics and predictions,
-    log them to the run's MLflow logger (None: tracking off). Returns the model folder."""
+    log them to the run's MLflow run (None: tracking off). Returns the model folder."""
     model = unwrap(model)
     # A standard HF config field: the evaluate stage reads it to know which task's data and
     # metrics a folder belongs to (the head alone cannot tell squad from squad_v2).
@@ -36,14 +36,14 @@ def publish(cfg: FinetuneConfig, run: FinetuneRun, tracking: TrackingConfig, log
     report = write_json(Path(cfg.reports_dir) / f"{run.name}.json", metrics)
     write_text(Path(cfg.predictions_dir) / f"{run.name}.jsonl",
                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in predictions))
-    if logger is not None:
+    if run_id is not None:
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=tracking.uri)
         scores = {k: v for k, v in metrics.items() if isinstance(v, dict)}  # {split: metrics}
         for name, value in flatten_params(scores, "").items():  # validation/f1, validation/per_entity.PER.f1, ...
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                client.log_metric(logger.run_id, name.replace(".", "/", 1), value)
-        client.log_artifact(logger.run_id, str(report), "reports")
+                client.log_metric(run_id, name.replace(".", "/", 1), value)
+        client.log_artifact(run_id, str(report), "reports")
     log.info("finetune %s: %s", run.name, metrics)
     return out

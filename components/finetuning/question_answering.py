@@ -77,31 +77,32 @@ class QAModule(FinetuneModule):
     def __init__(self, model, task: str, train: TrainConfig, total_steps: int, scorer: SquadScorer):
         super().__init__(model, task, train, total_steps)
         self.scorer = scorer
-        self._starts: list[np.ndarray] = []
-        self._ends: list[np.ndarray] = []
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self(batch)  # no answer positions in evaluation windows: logits only, no loss
-        self._starts.append(out.start_logits.float().cpu().numpy())
-        self._ends.append(out.end_logits.float().cpu().numpy())
+    def validation_items(self, batch: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        # no answer positions in evaluation windows: logits only, no loss
+        return window_logits(self(batch), batch["attention_mask"])
 
-    def on_validation_epoch_end(self) -> None:
-        if not self._starts:
-            return
-        starts, ends = stack_padded(self._starts), stack_padded(self._ends)
-        self._starts, self._ends = [], []
+    def score(self, items: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+        starts, ends = (stack_padded(list(column)) for column in zip(*items))
         answers, _, _ = self.scorer.predict(starts, ends)
-        self.log_metrics(self.scorer.metrics(answers))
+        return self.scorer.metrics(answers)
 
 
-def stack_padded(batches: list[np.ndarray]) -> np.ndarray:
-    """Batches of logits padded to different widths -> one (windows, widest) array. The added
-    positions get -inf: they lie past every window's tokens, where post-processing never looks."""
-    out = np.full((sum(len(b) for b in batches), max(b.shape[1] for b in batches)), -np.inf, dtype=np.float32)
-    row = 0
-    for b in batches:
-        out[row : row + len(b), : b.shape[1]] = b
-        row += len(b)
+def window_logits(out, attention_mask: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(start, end) logits of each window of a batch, cut to the window's own tokens: the padding a
+    batch adds would otherwise take places among the n best spans, and which windows share a batch
+    (one process or several, any batch size) would change the answers."""
+    lengths = attention_mask.sum(-1).tolist()
+    starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+    return [(s[:n], e[:n]) for s, e, n in zip(starts, ends, lengths)]
+
+
+def stack_padded(rows: list[np.ndarray]) -> np.ndarray:
+    """Windows' logits of different lengths -> one (windows, longest) array; the positions past a
+    window's tokens get -inf, where post-processing never looks."""
+    out = np.full((len(rows), max(len(r) for r in rows)), -np.inf, dtype=np.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
     return out
 
 
@@ -109,12 +110,12 @@ def stack_padded(batches: list[np.ndarray]) -> np.ndarray:
 def predict_logits(model, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     """Start and end logits of every window of a split, in order."""
     model.eval()
-    starts, ends = [], []
+    windows = []
     for batch in loader:
-        out = model(**{k: v.to(model.device) for k, v in batch.items()})
-        starts.append(out.start_logits.float().cpu().numpy())
-        ends.append(out.end_logits.float().cpu().numpy())
-    return stack_padded(starts), stack_padded(ends)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        windows += window_logits(model(**batch), batch["attention_mask"])
+    starts, ends = zip(*windows)
+    return stack_padded(list(starts)), stack_padded(list(ends))
 
 
 @torch.no_grad()
@@ -127,10 +128,11 @@ def answer(model, tokenizer: PreTrainedTokenizerBase, question: str, context: st
                                     cfg.max_seq_length, cfg.doc_stride)
     inputs = tokenizer.pad({k: v for k, v in windows.items() if k not in POSTPROCESS_ONLY}, return_tensors="pt")
     model.eval()
-    out = model(**inputs.to(model.device))
+    inputs = inputs.to(model.device)
+    starts, ends = zip(*window_logits(model(**inputs), inputs["attention_mask"]))
     answers, _ = postprocess_predictions(
-        {"id": ["q"], "context": [context]}, windows, out.start_logits.float().cpu().numpy(),
-        out.end_logits.float().cpu().numpy(), n_best=cfg.n_best, max_answer_length=cfg.max_answer_length,
+        {"id": ["q"], "context": [context]}, windows, stack_padded(list(starts)), stack_padded(list(ends)),
+        n_best=cfg.n_best, max_answer_length=cfg.max_answer_length,
         version_2=getattr(model.config, "finetuning_task", None) == "squad_v2",
         null_score_diff_threshold=cfg.null_score_threshold,
     )

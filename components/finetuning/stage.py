@@ -2,6 +2,8 @@
 (CoNLL-2003). Each task trains with the same Lightning fit (best checkpoint and early stopping on
 the task's main metric), scores its evaluation splits, and leaves the same outputs: an HF folder
 in models/<name>, reports/metrics/<name>.json and a predictions JSONL (see training.py, outputs.py).
+Every process of a multi-process run trains; global rank 0 alone scores the best weights on each
+whole split and writes the outputs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from components.finetuning.question_answering import QA_COLUMNS, QAModule, Squad
 from components.finetuning.scoring import score_glue, score_qa, score_tagging
 from components.finetuning.token_classification import (TAGGING_COLUMNS, TaggingModule, encode_tagging, tag_names,
                                                         tagging_loader)
-from components.finetuning.training import fit, total_steps
+from components.finetuning.training import fit
+from components.training.trainer import finished_model
 
 
 def finetune(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
@@ -76,16 +79,19 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
     encoded = {s: encode_glue(data[s], run.task, tokenizer, cfg.max_seq_length, gpt) for s in ("train", *eval_splits)}
     train_loader = glue_loader(encoded["train"], tokenizer, train.batch_size, True, train.seed, train.num_workers)
     val_loader = glue_loader(encoded[eval_splits[0]], tokenizer, train.batch_size, False, train.seed)
-    module = ClassificationModule(model, run.task, train, total_steps(train, train_loader))
+    module = ClassificationModule(model, run.task, train)
     metric = main_metric(run.task)
-    trainer = fit(module, train_loader, val_loader, cfg, run, tracking, metric)
+    fitted = fit(module, train_loader, val_loader, cfg, run, tracking, metric)
+    best = finished_model(fitted.trainer, module, fitted.best_checkpoint)
+    if best is None:  # not global rank 0: rank 0 scores and writes
+        return Path(cfg.models_dir) / run.name
 
-    scored = {s: score_glue(module.model, tokenizer, run.task, data[s], s, cfg, encoded[s]) for s in eval_splits}
+    scored = {s: score_glue(best, tokenizer, run.task, data[s], s, cfg, encoded[s]) for s in eval_splits}
     results = {split: r.metrics for split, r in scored.items()}
     predictions = [row for r in scored.values() for row in r.rows]
     score = sum(task_score(m) for m in results.values()) / len(results)
-    metrics = run_metrics(run, metric, results, score, trainer.global_step)
-    return publish(cfg, run, tracking, trainer.logger, module.model, tokenizer, metrics, predictions)
+    metrics = run_metrics(run, metric, results, score, fitted.trainer.global_step)
+    return publish(cfg, run, tracking, fitted.run_id, best, tokenizer, metrics, predictions)
 
 
 def finetune_qa(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
@@ -103,12 +109,15 @@ def finetune_qa(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: 
     scorer = SquadScorer(data["validation"], val_windows, cfg, version_2)
     train_loader = qa_loader(train_windows, tokenizer, train.batch_size, True, train.seed, train.num_workers)
     val_loader = qa_loader(val_windows, tokenizer, train.batch_size, False)
-    module = QAModule(model, run.task, train, total_steps(train, train_loader), scorer)
-    trainer = fit(module, train_loader, val_loader, cfg, run, tracking, "f1")
+    module = QAModule(model, run.task, train, 0, scorer)
+    fitted = fit(module, train_loader, val_loader, cfg, run, tracking, "f1")
+    best = finished_model(fitted.trainer, module, fitted.best_checkpoint)
+    if best is None:
+        return Path(cfg.models_dir) / run.name
 
-    scored = score_qa(module.model, tokenizer, run.task, data["validation"], "validation", cfg, val_windows, scorer)
-    metrics = run_metrics(run, "f1", {"validation": scored.metrics}, scored.metrics["f1"], trainer.global_step)
-    return publish(cfg, run, tracking, trainer.logger, module.model, tokenizer, metrics, scored.rows)
+    scored = score_qa(best, tokenizer, run.task, data["validation"], "validation", cfg, val_windows, scorer)
+    metrics = run_metrics(run, "f1", {"validation": scored.metrics}, scored.metrics["f1"], fitted.trainer.global_step)
+    return publish(cfg, run, tracking, fitted.run_id, best, tokenizer, metrics, scored.rows)
 
 
 def finetune_tagging(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
@@ -127,11 +136,14 @@ def finetune_tagging(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, track
                for s in ("train", *eval_splits)}
     train_loader = tagging_loader(encoded["train"], tokenizer, train.batch_size, True, train.seed, train.num_workers)
     val_loader = tagging_loader(encoded["validation"], tokenizer, train.batch_size, False)
-    module = TaggingModule(model, run.task, train, total_steps(train, train_loader), labels)
-    trainer = fit(module, train_loader, val_loader, cfg, run, tracking, "f1")
+    module = TaggingModule(model, run.task, train, 0, labels)
+    fitted = fit(module, train_loader, val_loader, cfg, run, tracking, "f1")
+    best = finished_model(fitted.trainer, module, fitted.best_checkpoint)
+    if best is None:
+        return Path(cfg.models_dir) / run.name
 
-    scored = {s: score_tagging(module.model, tokenizer, data[s], s, cfg, encoded[s]) for s in eval_splits}
+    scored = {s: score_tagging(best, tokenizer, data[s], s, cfg, encoded[s]) for s in eval_splits}
     results = {split: r.metrics for split, r in scored.items()}
     predictions = [row for r in scored.values() for row in r.rows]
-    metrics = run_metrics(run, "f1", results, results["validation"]["f1"], trainer.global_step)
-    return publish(cfg, run, tracking, trainer.logger, module.model, tokenizer, metrics, predictions)
+    metrics = run_metrics(run, "f1", results, results["validation"]["f1"], fitted.trainer.global_step)
+    return publish(cfg, run, tracking, fitted.run_id, best, tokenizer, metrics, predictions)

@@ -53,23 +53,17 @@ class TaggingModule(FinetuneModule):
     def __init__(self, model, task: str, train: TrainConfig, total_steps: int, label_names: list[str]):
         super().__init__(model, task, train, total_steps)
         self.label_names = label_names
-        self._true: list[list[str]] = []
-        self._pred: list[list[str]] = []
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_items(self, batch: dict) -> list[tuple[list[str], list[str]]]:
         out = self(batch)
-        self.log("val/loss", out.loss, prog_bar=True)
+        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True)
         true, pred = tags_from_predictions(out.logits.argmax(-1).cpu().numpy(), batch["labels"].cpu().numpy(),
                                            self.label_names)
-        self._true += true
-        self._pred += pred
+        return list(zip(true, pred))
 
-    def on_validation_epoch_end(self) -> None:
-        if not self._true:
-            return
-        true, pred = self._true, self._pred
-        self._true, self._pred = [], []
-        self.log_metrics(seqeval_metrics(true, pred))
+    def score(self, items: list[tuple[list[str], list[str]]]) -> dict:
+        true, pred = zip(*items)
+        return seqeval_metrics(list(true), list(pred))
 
 
 @torch.no_grad()

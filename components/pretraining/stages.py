@@ -1,4 +1,8 @@
-"""The `pretrain-bert` and `pretrain-gpt` stages: corpus + tokenizer in, HF checkpoint + metrics out."""
+"""The `pretrain-bert` and `pretrain-gpt` stages: corpus + tokenizer in, HF checkpoint + metrics out.
+
+Every process of a multi-process run executes the stage; they train together, and global rank 0
+alone exports the model (gathered whole), writes the metrics and plot and logs them to MLflow.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,9 @@ from components.pretraining.collate import MaskingCollator, gpt_collate
 from components.pretraining.gpt_data import build_gpt_blocks
 from components.pretraining.models import build_bert, build_gpt, count_flops_per_token
 from components.pretraining.module import BertPretrainModule, GptPretrainModule
-from components.pretraining.trainer import (
-    PretrainDataModule, export, fit, plot_losses, total_steps, unigram_perplexity,
-)
+from components.pretraining.trainer import PretrainDataModule, fit, plot_losses, unigram_perplexity
+from components.training.checkpoints import export
+from components.training.trainer import build_trainer, finished_model
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +32,20 @@ log = logging.getLogger(__name__)
 def pretrain_bert(cfg: BertPretrainConfig, corpus_dir: Path, tracking: TrackingConfig) -> Path:
     """Pretrain BERT (masked LM + NSP/SOP or MLM alone); export to cfg.out_dir; return it."""
     tokenizer = load_tokenizer(cfg.tokenizer, need="mask_token")
-    train_docs, val_docs = load_documents(corpus_dir, cfg.text_column)
-    seed = cfg.train.seed
-    build = dict(tokenizer=tokenizer, max_seq_length=cfg.max_seq_length, objective=cfg.objective,
-                 short_seq_prob=cfg.short_seq_prob, num_proc=cfg.num_proc)
-    train = build_bert_examples(train_docs, seed=seed, **build)
-    val = build_bert_examples(val_docs, seed=seed + 1, **build)
+    train, val = bert_examples(cfg, corpus_dir, tokenizer)
     check_enough(train, val, cfg.train.batch_size, corpus_dir)
 
-    L.seed_everything(seed, workers=True, verbose=False)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model = build_bert(cfg.model, len(tokenizer), tokenizer.pad_token_id, cfg.objective)
-    steps = total_steps(cfg.train, len(train))
-    module = BertPretrainModule(model, cfg.train, steps)
-    data = PretrainDataModule(train, val, MaskingCollator(tokenizer, cfg.masking, seed),
-                              MaskingCollator(tokenizer, cfg.masking, seed + 1), cfg.train,
-                              steps * cfg.train.accumulate_grad_batches)
+    module = BertPretrainModule(model, cfg.train)
+    data = bert_data(cfg, tokenizer, train, val)
     flops = count_flops_per_token(model, cfg.max_seq_length, head_fraction=cfg.masking.mlm_probability)
     result = fit(module, data, cfg.train, Path(cfg.run_dir), "pretrain-bert", tracking,
                  cfg.model_dump(mode="json"), flops)
-    out = export(module.model, tokenizer, Path(cfg.out_dir))
+    trained = finished_model(result.trainer, module)
+    if trained is None:  # not global rank 0: rank 0 writes
+        return Path(cfg.out_dir)
+    out = export(trained, tokenizer, Path(cfg.out_dir))
 
     special = set(tokenizer.all_special_ids)
     metrics = {
@@ -68,21 +67,20 @@ def pretrain_bert(cfg: BertPretrainConfig, corpus_dir: Path, tracking: TrackingC
 def pretrain_gpt(cfg: GptPretrainConfig, corpus_dir: Path, tracking: TrackingConfig) -> Path:
     """Pretrain GPT (causal LM); export to cfg.out_dir; return it."""
     tokenizer = load_tokenizer(cfg.tokenizer, need="eos_token")
-    train_docs, val_docs = load_documents(corpus_dir, cfg.text_column)
-    train = build_gpt_blocks(train_docs, tokenizer, cfg.block_size, cfg.num_proc)
-    val = build_gpt_blocks(val_docs, tokenizer, cfg.block_size, cfg.num_proc)
+    train, val = gpt_examples(cfg, corpus_dir, tokenizer)
     check_enough(train, val, cfg.train.batch_size, corpus_dir)
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model = build_gpt(cfg.model, len(tokenizer), tokenizer.eos_token_id)
-    steps = total_steps(cfg.train, len(train))
-    module = GptPretrainModule(model, cfg.train, steps)
-    data = PretrainDataModule(train, val, gpt_collate, gpt_collate, cfg.train,
-                              steps * cfg.train.accumulate_grad_batches)
+    module = GptPretrainModule(model, cfg.train)
+    data = gpt_data(cfg, train, val)
     flops = count_flops_per_token(model, cfg.block_size)
     result = fit(module, data, cfg.train, Path(cfg.run_dir), "pretrain-gpt", tracking,
                  cfg.model_dump(mode="json"), flops)
-    out = export(module.model, tokenizer, Path(cfg.out_dir))
+    trained = finished_model(result.trainer, module)
+    if trained is None:
+        return Path(cfg.out_dir)
+    out = export(trained, tokenizer, Path(cfg.out_dir))
     metrics = {
         **{k.replace("val/", "val_"): v for k, v in result.metrics.items()},
         "unigram_perplexity": unigram_perplexity(train["input_ids"], val["input_ids"], len(tokenizer), set()),
@@ -92,6 +90,55 @@ def pretrain_gpt(cfg: GptPretrainConfig, corpus_dir: Path, tracking: TrackingCon
     }
     finish(metrics, result, Path(cfg.metrics), Path(cfg.plot), tracking, "GPT pretraining")
     return out
+
+
+def bert_examples(cfg: BertPretrainConfig, corpus_dir: Path, tokenizer) -> tuple[Dataset, Dataset]:
+    """BERT's train and validation examples from the corpus's splits."""
+    train_docs, val_docs = load_documents(corpus_dir, cfg.text_column)
+    build = dict(tokenizer=tokenizer, max_seq_length=cfg.max_seq_length, objective=cfg.objective,
+                 short_seq_prob=cfg.short_seq_prob, num_proc=cfg.num_proc)
+    return (build_bert_examples(train_docs, seed=cfg.train.seed, **build),
+            build_bert_examples(val_docs, seed=cfg.train.seed + 1, **build))
+
+
+def bert_data(cfg: BertPretrainConfig, tokenizer, train: Dataset, val: Dataset) -> PretrainDataModule:
+    return PretrainDataModule(train, val, MaskingCollator(tokenizer, cfg.masking, cfg.train.seed),
+                              MaskingCollator(tokenizer, cfg.masking, cfg.train.seed + 1), cfg.train)
+
+
+def gpt_examples(cfg: GptPretrainConfig, corpus_dir: Path, tokenizer) -> tuple[Dataset, Dataset]:
+    train_docs, val_docs = load_documents(corpus_dir, cfg.text_column)
+    return (build_gpt_blocks(train_docs, tokenizer, cfg.block_size, cfg.num_proc),
+            build_gpt_blocks(val_docs, tokenizer, cfg.block_size, cfg.num_proc))
+
+
+def gpt_data(cfg: GptPretrainConfig, train: Dataset, val: Dataset) -> PretrainDataModule:
+    return PretrainDataModule(train, val, gpt_collate, gpt_collate, cfg.train)
+
+
+def validate_exported(cfg: BertPretrainConfig | GptPretrainConfig, corpus_dir: Path, model_dir: Path) -> dict[str, float]:
+    """The stage's validation metrics for an exported model folder, in one process: what a run on any
+    number of processes reports for the same weights (its validation batches do not depend on them)."""
+    from transformers import AutoModelForCausalLM, AutoModelForPreTraining
+
+    bert = isinstance(cfg, BertPretrainConfig)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    auto = AutoModelForPreTraining if bert else AutoModelForCausalLM
+    model = auto.from_pretrained(str(model_dir), use_safetensors=True, attn_implementation="sdpa")
+    train = cfg.train.model_copy(update={"devices": 1, "num_nodes": 1, "strategy": "auto"})
+    cfg = cfg.model_copy(update={"train": train})
+    if bert:
+        module = BertPretrainModule(model, train)
+        train_set, val = bert_examples(cfg, corpus_dir, tokenizer)
+        data = bert_data(cfg, tokenizer, train_set, val)
+    else:
+        module = GptPretrainModule(model, train)
+        train_set, val = gpt_examples(cfg, corpus_dir, tokenizer)
+        data = gpt_data(cfg, train_set, val)
+    trainer = build_trainer(train, Path(cfg.run_dir), None, [], max_steps=1, val_check_interval=1.0,
+                            use_distributed_sampler=False)
+    trainer.validate(module, datamodule=data, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
 
 def demo_world_of(corpus_dir: Path):

@@ -1,8 +1,13 @@
-"""One Lightning run, shared by both objectives: data module, callbacks, MLflow, resume, export."""
+"""One pretraining run, shared by both objectives: the data module, resume, the fit, its metrics.
+
+The Trainer, MLflow bookkeeping and checkpoint IO are the shared training layer's
+(components/training/); what is particular to pretraining is here: one long epoch of batches that a
+resumed run continues exactly (per rank), checkpoints every few steps, and validation batches that
+are the same whatever the number of processes, so its numbers are too.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -11,52 +16,72 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from torch.utils.data import DataLoader
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Sampler
 
-from components.atomic import atomic_dir, atomic_file
 from components.config import TrackingConfig, TrainConfig
 from components.errors import LmforgeError
 from components.pretraining.collate import IndexedDataset, ResumableBatchSampler
 from components.pretraining.module import PretrainModule
 from components.pretraining.throughput import ThroughputLogger, measure_peak_flops
-from components.tracking import flatten_params, mlflow_logger
+from components.tracking import mlflow_logger
+from components.training.checkpoints import load_checkpoint, resumable
+from components.training.trainer import RunRecord, build_trainer, resolve_accelerator, total_steps
 
 log = logging.getLogger(__name__)
+
+
+class ValidationBatches(Sampler[list[tuple[int, int]]]):
+    """The first `n_batches` batches of the validation examples in order, dealt round-robin to the
+    ranks; each keyed by its number, so its masks are the same with any number of processes."""
+
+    def __init__(self, n_examples: int, batch_size: int, n_batches: int, rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size = n_examples, batch_size
+        self.batches = list(range(rank, n_batches, world_size))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for b in self.batches:
+            yield [(i, b) for i in range(b * self.batch_size, min((b + 1) * self.batch_size, self.n))]
 
 
 class PretrainDataModule(L.LightningDataModule):
     """Train batches from a ResumableBatchSampler that starts where the restored run stopped."""
 
-    def __init__(self, train, val, train_collate: Callable, val_collate: Callable, cfg: TrainConfig, total_batches: int):
+    def __init__(self, train, val, train_collate: Callable, val_collate: Callable, cfg: TrainConfig):
         super().__init__()
         self.train, self.val = train, val
         self.train_collate, self.val_collate = train_collate, val_collate
-        self.cfg, self.total_batches = cfg, total_batches
+        self.cfg, self.total_batches = cfg, 0  # set by `fit`, once the number of processes is known
+
+    def _world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        start = trainer.global_step * self.cfg.accumulate_grad_batches if trainer else 0
-        sampler = ResumableBatchSampler(
-            len(self.train), self.cfg.batch_size, self.total_batches, self.cfg.seed,
-            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1, start=start,
-        )
+        rank, world = self._world()
+        start = self.trainer.global_step * self.cfg.accumulate_grad_batches if self.trainer else 0
+        sampler = ResumableBatchSampler(len(self.train), self.cfg.batch_size, self.total_batches, self.cfg.seed,
+                                        rank=rank, world_size=world, start=start)
         return DataLoader(IndexedDataset(self.train), batch_sampler=sampler, collate_fn=self.train_collate,
                           num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        world = self.trainer.world_size if self.trainer else 1
-        batch_size = max(1, min(self.cfg.batch_size, len(self.val) // world))
-        batches = max(1, min(self.cfg.limit_val_batches, len(self.val) // (batch_size * world)))
-        sampler = ResumableBatchSampler(len(self.val), batch_size, batches, self.cfg.seed, shuffle=False,
-                                        rank=self.trainer.global_rank if self.trainer else 0, world_size=world)
+        rank, world = self._world()
+        n_batches = min(self.cfg.limit_val_batches, math.ceil(len(self.val) / self.cfg.batch_size))
+        if n_batches < world:
+            raise LmforgeError(f"validation: {len(self.val)} held-out examples make {n_batches} batch(es) of "
+                               f"train.batch_size {self.cfg.batch_size}, fewer than the {world} processes; hold out "
+                               "more text (ingest.validation.fraction) or use fewer devices")
+        sampler = ValidationBatches(len(self.val), self.cfg.batch_size, n_batches, rank, world)
         return DataLoader(IndexedDataset(self.val), batch_sampler=sampler, collate_fn=self.val_collate)
 
 
 @dataclass
 class FitResult:
-    module: PretrainModule
+    trainer: L.Trainer
     metrics: dict[str, float]
     run_id: str | None
     tokens_per_s: float
@@ -64,32 +89,16 @@ class FitResult:
     history: dict[str, list] = field(default_factory=dict)
 
 
-def total_steps(cfg: TrainConfig, n_examples: int, world_size: int = 1) -> int:
-    if cfg.max_steps > 0:
-        return cfg.max_steps
-    per_epoch = n_examples // (cfg.batch_size * world_size * cfg.accumulate_grad_batches)
-    return max(1, per_epoch * cfg.max_epochs)
-
-
-def fit(
-    module: PretrainModule,
-    data: PretrainDataModule,
-    cfg: TrainConfig,
-    run_dir: Path,
-    run_name: str,
-    tracking: TrackingConfig,
-    params: dict[str, Any],
-    flops_per_token: float,
-) -> FitResult:
-    """Train (resuming from run_dir/checkpoints/last.ckpt when its config matches) and return metrics.
+def fit(module: PretrainModule, data: PretrainDataModule, cfg: TrainConfig, run_dir: Path, run_name: str,
+        tracking: TrackingConfig, params: dict[str, Any], flops_per_token: float) -> FitResult:
+    """Train (resuming from run_dir/checkpoints/last.ckpt when its config matches) and validate.
 
     Each attempt is its own MLflow run; a resumed one is tagged `lmforge.resumed_from` with the run
     of the attempt it resumes, which ends FAILED if a killed process left it RUNNING.
     """
     run_dir = Path(run_dir)
-    checkpoint_dir = run_dir / "checkpoints"
-    ckpt = checkpoint_dir / "last.ckpt"
-    resume = _resumable(run_dir, params) and ckpt.exists()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    resume = resumable(run_dir, params) and ckpt.exists()
     if resume:  # a corrupt checkpoint fails now, before any run starts (memory-mapped: read once, for its checksums)
         load_checkpoint(ckpt, map_location="cpu", mmap=True, verify=True)
     run_id_file = run_dir / "mlflow_run_id"
@@ -99,159 +108,36 @@ def fit(
     peak = measure_peak_flops("cuda" if accelerator == "gpu" else "cpu",
                               torch.bfloat16 if "bf16" in cfg.precision else torch.float32)
     throughput = ThroughputLogger(flops_per_token, peak)
-    callbacks = [
-        ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
-                        every_n_train_steps=cfg.checkpoint_every_n_steps),
-        throughput,
-    ]
-    if logger is not None:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = L.Trainer(
-        max_steps=module.total_steps,
-        max_epochs=-1,
-        accelerator=accelerator,
-        devices=cfg.devices,
-        strategy=cfg.strategy,
-        num_nodes=cfg.num_nodes,
-        precision=cfg.precision,
-        accumulate_grad_batches=cfg.accumulate_grad_batches,
-        gradient_clip_val=cfg.gradient_clip or None,
-        val_check_interval=cfg.val_every_n_steps * cfg.accumulate_grad_batches,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=cfg.log_every_n_steps,
-        use_distributed_sampler=False,  # our sampler shards by rank itself
-        deterministic=accelerator == "cpu",
-        logger=logger if logger is not None else False,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(run_dir),
-        enable_model_summary=False,
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if logger is not None:
-        logger.log_hyperparams(flatten_params(params))
-        if previous_run:
-            _continues(logger.experiment, logger.run_id, previous_run)
-        run_id_file.write_text(logger.run_id)
-    (run_dir / "params.json").write_text(json.dumps(params, sort_keys=True))
-    if resume:
+    record = RunRecord(logger, params, run_dir, previous_run)
+    checkpoints = ModelCheckpoint(dirpath=ckpt.parent, save_last=True, save_top_k=0,
+                                  every_n_train_steps=cfg.checkpoint_every_n_steps)
+    trainer = build_trainer(cfg, run_dir, logger, [record, checkpoints, throughput], max_steps=1,  # set below
+                            val_check_interval=cfg.val_every_n_steps * cfg.accumulate_grad_batches,
+                            check_val_every_n_epoch=None, use_distributed_sampler=False,  # our samplers shard
+                            wrap=transformer_blocks(module.model))
+    # Steps count batches of the global batch: batch_size x processes (x accumulation per step).
+    global_batch = cfg.batch_size * trainer.world_size
+    if len(data.train) < global_batch:
+        raise LmforgeError(f"only {len(data.train)} training examples, fewer than one batch of train.batch_size "
+                           f"{cfg.batch_size} x {trainer.world_size} processes; use a larger corpus or a smaller batch")
+    module.total_steps = trainer.fit_loop.epoch_loop.max_steps = total_steps(cfg, len(data.train) // global_batch)
+    data.total_batches = module.total_steps * cfg.accumulate_grad_batches
+    if resume and rank_zero_only.rank == 0:  # said once, not by every process
         log.info("resuming from %s", ckpt)
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
     trainer.validate(module, datamodule=data, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     metrics["steps"] = trainer.global_step
-    return FitResult(module, metrics, logger.run_id if logger else None, throughput.mean_tokens_per_s,
+    return FitResult(trainer, metrics, record.run_id, throughput.mean_tokens_per_s,
                      throughput.mean_tokens_per_s * flops_per_token / peak, module.history)
 
 
-def _continues(client, run_id: str, previous_run: str) -> None:
-    """Tag run `run_id` as the resumption of `previous_run`, and end that one FAILED if it was killed."""
-    from mlflow.exceptions import MlflowException
+def transformer_blocks(model: torch.nn.Module) -> set[type]:
+    """The classes of the model's repeated layers (BertLayer, GPT2Block): FSDP's unit of sharding."""
+    from transformers.models.bert.modeling_bert import BertLayer
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-    from components.tracking import fail_if_dead
-
-    client.set_tag(run_id, "lmforge.resumed_from", previous_run)
-    try:
-        fail_if_dead(client, client.get_run(previous_run))
-    except MlflowException:  # deleted, or in another tracking store
-        log.info("the resumed attempt's MLflow run %s is not in this tracking store", previous_run)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written whole or not at all, and one clear error for one that cannot be read.
-
-    Lightning's own writer moves a finished file from the system temporary folder into place,
-    which is a plain copy (a half-written `last.ckpt` if the process dies) when that folder is on
-    another disk: here the temporary file sits beside the checkpoint and is renamed over it.
-    """
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        with atomic_file(path, "wb", durable=True) as f:
-            torch.save(checkpoint, f)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
-        return load_checkpoint(Path(path), map_location)
-
-
-def load_checkpoint(path: Path, map_location=None, mmap: bool = False, verify: bool = False) -> dict:
-    """A Lightning checkpoint of a pretraining run, loaded with weights_only=True; LmforgeError naming
-    the file when it is truncated, corrupt or not such a checkpoint. With `verify`, every part of
-    the file is checked against the CRC-32 torch.save recorded for it (bytes changed on disk)."""
-    if not path.exists():
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
-    start_over = f"delete it to start the run over from step 0 (or delete {path.parent.parent} to start afresh)"
-    problem = _checkpoint_problem(path, verify)
-    if problem is None:
-        try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-        except Exception as error:  # torch's zip reader and unpickler raise many kinds
-            problem = f"torch.load: {(str(error).strip() or type(error).__name__).splitlines()[0].split('. ')[0][:160]}"
-    if problem is not None:
-        raise LmforgeError(f"{path}: cannot resume from this checkpoint, it is truncated or corrupt ({problem}); "
-                           f"{start_over}")
-    missing = [k for k in ("state_dict", "global_step", "optimizer_states") if not isinstance(checkpoint, dict)
-               or k not in checkpoint]
-    if missing:
-        raise LmforgeError(f"{path}: cannot resume from this checkpoint, it is not a Lightning training checkpoint "
-                           f"(no {', '.join(missing)}); {start_over}")
-    return checkpoint
-
-
-def _checkpoint_problem(path: Path, verify: bool) -> str | None:
-    """What is wrong with the file at `path` as a checkpoint torch.save wrote (a zip archive), or None."""
-    import zipfile
-
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if size == 0:
-        return "an empty file"
-    if magic != b"PK\x03\x04":
-        return f"{size} bytes that do not begin as a PyTorch checkpoint"
-    if not zipfile.is_zipfile(path):
-        return f"{size} bytes, cut short: the end of its zip archive is missing"
-    if verify:
-        try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
-            return f"its zip archive is damaged: {str(error).splitlines()[0][:120]}"
-        if bad is not None:
-            return f"{bad} does not match its CRC-32: bytes changed after it was written"
-    return None
-
-
-def _resumable(run_dir: Path, params: dict) -> bool:
-    """Resume only a run of the same params: a changed config starts afresh."""
-    saved = run_dir / "params.json"
-    return saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(params, sort_keys=True))
-
-
-def resolve_accelerator(name: str) -> str:
-    if name != "auto":
-        return name
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """Undo torch.compile on the model or its submodules, so save_pretrained sees plain names."""
-    model = getattr(model, "_orig_mod", model)
-    for name, child in list(model.named_children()):
-        if hasattr(child, "_orig_mod"):
-            setattr(model, name, child._orig_mod)
-    return model
-
-
-def export(model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
-    """save_pretrained (safetensors) beside the tokenizer, moved into place only when complete."""
-    model = unwrap(model)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-    return Path(out_dir)
+    return {cls for cls in (BertLayer, GPT2Block) if any(isinstance(m, cls) for m in model.modules())}
 
 
 def plot_losses(history: dict[str, list], path: Path, title: str) -> Path:

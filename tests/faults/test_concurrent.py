@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_project, sh
+from tests.conftest import REPO, make_project, run_stage_in, sh
 
 # A child process: register one candidate (a JSON spec) as a version of a shared registered model.
 REGISTER_ONE = textwrap.dedent("""
@@ -103,7 +103,7 @@ def test_dvc_lock_held_by_another_process_makes_a_stage_fail_clearly(tmp_path, m
     from components.errors import LmforgeError
 
     root = make_project(tmp_path, finetune_runs={}, prompt_runs={})
-    sh("lmforge", "stage", "ingest", cwd=root)
+    run_stage_in(root, "ingest")
     sh("dvc", "commit", "-f", "ingest", cwd=root)
     before = (root / "dvc.lock").read_text()
     monkeypatch.setattr(versioning, "LOCK_WAIT_S", 2)
@@ -132,7 +132,9 @@ def test_three_finetune_flows_at_once_record_every_run_version_and_stage(tmp_pat
     import mlflow
 
     root = make_project(tmp_path, finetune_runs={}, prompt_runs={})
-    sh("dvc", "repro", "pretrain-bert", cwd=root)
+    for stage in ("ingest", "tokenizer", "pretrain-bert"):
+        run_stage_in(root, stage)
+    sh("dvc", "commit", "-f", "ingest", "tokenizer", "pretrain-bert", cwd=root)
     env = {**child_env(), "PREFECT_API_URL": prefect_api}
     flow = "import sys; from flows.pipeline import finetune; finetune(tasks=[sys.argv[1]], params_file='params.yaml')"
     children = {task: subprocess.Popen([sys.executable, "-c", flow, task], cwd=root, env=env,

@@ -24,7 +24,7 @@ from datasets import load_from_disk
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tests.conftest import make_project
+from tests.conftest import make_project, run_stage_in
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +52,9 @@ if _spec:
     sys.addaudithook(_freeze)
 '''
 
-# The stages the cases need done before them, in pipeline order.
-PREPARE = {"ingest": ("stage", "ingest"), "tokenizer": ("stage", "tokenizer"),
-           "pretrain-bert": ("stage", "pretrain-bert"), "finetune": ("stage", "finetune", "-S", "finetune.task=rte")}
+# The stages the cases need done before them, in pipeline order (run in this process: they are not under test).
+PREPARE = {"ingest": ("ingest",), "tokenizer": ("tokenizer",), "pretrain-bert": ("pretrain-bert",),
+           "finetune": ("finetune", "finetune.task=rte")}
 
 
 class Workspace:
@@ -67,7 +67,7 @@ class Workspace:
         names = list(PREPARE)
         while self.done <= names.index(upto):
             # Tracking off: each copy's MLflow store starts empty, with its artifacts inside the copy.
-            run(self.root, *PREPARE[names[self.done]], "-S", "tracking.enabled=false")
+            run_stage_in(self.root, *PREPARE[names[self.done]], "tracking.enabled=false")
             self.done += 1
         root = dest / "project"
         shutil.copytree(self.root, root, symlinks=True)

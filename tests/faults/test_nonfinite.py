@@ -19,7 +19,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from components.config import Params
 from components.errors import LmforgeError
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, nan_loss_at
 
 TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
 WORDS = "the a film fine dull great movie is was not very good bad plot story scene end long short funny sad".split()
@@ -98,13 +98,7 @@ def test_pretraining_loss_nan_stops_at_the_step_and_leaves_the_previous_model(pr
     before = snapshot(Path(cfg.out_dir), Path(cfg.metrics), Path(cfg.plot))
     assert len(before) >= 5
 
-    original = GptPretrainModule.losses
-
-    def nan_at_step_3(self, batch):
-        loss, metrics = original(self, batch)
-        return (loss * float("nan"), metrics) if self.global_step == 3 else (loss, metrics)
-
-    monkeypatch.setattr(GptPretrainModule, "losses", nan_at_step_3)
+    nan_loss_at(monkeypatch, GptPretrainModule, 3)
     rerun = make_params(project, tokenizers_dir, learning_rate=0.5)  # other params: a fresh run, not a resume
     with pytest.raises(LmforgeError, match=r"^pretrain-gpt: training loss became nan at step 3; nothing was exported"):
         stages.pretrain_gpt(rerun)

@@ -99,7 +99,7 @@ def test_exported_model_folder_holds_safetensors_only(tmp_path, tokenizers_dir):
     """A model lmforge exports: model.safetensors, no pickled pytorch_model.bin."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from components.pretraining.trainer import export
+    from components.training.checkpoints import export
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizers_dir / "bert"))
     model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
