@@ -16,7 +16,7 @@ from components.config import TrainConfig
 from components.data.schemas import GLUE_TASKS
 from components.errors import LmforgeError
 from components.finetuning.metrics import glue_metrics
-from components.finetuning.training import FinetuneModule, padded_loader, with_lengths
+from components.finetuning.training import PAD_MULTIPLE, FinetuneModule, padded_loader, with_lengths
 
 
 def encode_glue(data: Dataset, task: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
@@ -43,7 +43,7 @@ def encode_glue(data: Dataset, task: str, tokenizer: PreTrainedTokenizerBase, ma
 
 
 def glue_loader(data: Dataset, tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
-    return padded_loader(data, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8), batch_size, shuffle, seed,
+    return padded_loader(data, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=PAD_MULTIPLE), batch_size, shuffle, seed,
                          num_workers)
 
 

@@ -20,7 +20,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from components.config import FinetuneConfig, TrainConfig
 from components.finetuning.metrics import find_best_threshold, squad_metrics
 from components.finetuning.qa import postprocess_predictions, prepare_eval_features, prepare_train_features
-from components.finetuning.training import FinetuneModule, padded_loader, with_lengths
+from components.finetuning.training import PAD_MULTIPLE, FinetuneModule, padded_loader, with_lengths
 
 QA_COLUMNS = ("id", "question", "context", "answers")
 POSTPROCESS_ONLY = ("example_id", "offset_mapping")  # kept beside the windows, never fed to the model
@@ -39,7 +39,7 @@ def encode_qa(data: Dataset, tokenizer: PreTrainedTokenizerBase, cfg: FinetuneCo
 def qa_loader(windows: Dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0,
               num_workers: int = 0) -> DataLoader:
     model_columns = [c for c in windows.column_names if c not in POSTPROCESS_ONLY]
-    return padded_loader(windows.select_columns(model_columns), DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+    return padded_loader(windows.select_columns(model_columns), DataCollatorWithPadding(tokenizer, pad_to_multiple_of=PAD_MULTIPLE),
                          batch_size, shuffle, seed, num_workers)
 
 

