@@ -249,7 +249,7 @@ class BertPretrainConfig(CorpusInput):
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     # Masked LM learns from 15% of the tokens: it needs more steps than GPT to learn the facts.
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=2500, learning_rate=2e-3,
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=500, learning_rate=2e-3,
                                                                    adam_betas=(0.9, 0.98), adam_epsilon=1e-6))
 
     @model_validator(mode="after")
@@ -270,7 +270,7 @@ class GptPretrainConfig(CorpusInput):
     plot: str = "reports/plots/pretrain_gpt_loss.png"
     block_size: int = Field(128, ge=8)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=1500, learning_rate=2e-3,
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=200, learning_rate=2e-3,
                                                                    adam_betas=(0.9, 0.98), adam_epsilon=1e-6))
 
     @model_validator(mode="after")
@@ -303,6 +303,8 @@ class FinetuneRun(Section):
         "or the path of a local Hugging Face checkpoint folder",
     )
     dataset: str | None = Field(None, description="the ingested dataset; default: the task's name")
+    seed: int | None = Field(None, ge=0, description="this run's training seed (default: finetune.train.seed); "
+                                                   "runs differing only in seed measure the noise of a comparison")
 
     @model_validator(mode="after")
     def _gpt_classifies_only(self) -> FinetuneRun:
@@ -312,17 +314,20 @@ class FinetuneRun(Section):
 
     @property
     def name(self) -> str:
-        """models/<name>, reports/metrics/<name>.json: e.g. bert-sst2, bert-scratch-sst2."""
+        """models/<name>, reports/metrics/<name>.json: e.g. bert-sst2, bert-scratch-sst2, bert-qnli-seed1."""
         init = "" if self.init == "pretrained" else f"-{self.init}" if self.init == "scratch" else f"-{Path(self.init).name}"
-        return f"{self.model}{init}-{self.task}"
+        seed = "" if self.seed is None else f"-seed{self.seed}"
+        return f"{self.model}{init}-{self.task}{seed}"
 
 
 class FinetuneConfig(FinetuneRun):
-    """`lmforge stage finetune` runs the task/model/init at the top; `runs` lists what dvc repro runs."""
+    """`lmforge stage finetune` runs the task/model/init/seed at the top, or the run of `runs` named
+    by `run` (what dvc.yaml's finetune stages pass); `runs` lists what dvc repro runs."""
 
     runs: dict[str, FinetuneRun] = Field(
         default_factory=dict, description="what `dvc repro` fine-tunes: {name: run}, the name as models/<name>"
     )
+    run: str | None = Field(None, description="a name in runs: fine-tune that run instead of task/model/init/seed")
     models_dir: str = "models"
     reports_dir: str = "reports/metrics"
     predictions_dir: str = "reports/predictions"
@@ -333,7 +338,7 @@ class FinetuneConfig(FinetuneRun):
     null_score_threshold: float = Field(0.0, description="squad_v2: predict no answer when null - best > this")
     patience: int = Field(5, ge=1, description="early stopping: validations without improvement")
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(max_steps=-1, max_epochs=15, learning_rate=1e-3, warmup_steps=20,
+        default_factory=lambda: TrainConfig(max_steps=-1, max_epochs=5, learning_rate=1e-3, warmup_steps=20,
                                             val_every_n_steps=50, checkpoint_every_n_steps=50)
     )
 
@@ -342,7 +347,15 @@ class FinetuneConfig(FinetuneRun):
         for key, run in self.runs.items():
             if key != run.name:
                 raise ValueError(f"runs.{key}: a run of {run.model} on {run.task} from {run.init} is named {run.name!r}")
+        if self.run is not None and self.run not in self.runs:
+            raise ValueError(f"run {self.run!r} is not in finetune.runs (known: {', '.join(self.runs) or 'none'})")
         return self
+
+    def selected(self) -> FinetuneRun:
+        """The run `lmforge stage finetune` trains: runs[run], or the task/model/init/seed at the top."""
+        if self.run is not None:
+            return self.runs[self.run]
+        return FinetuneRun(task=self.task, model=self.model, init=self.init, dataset=self.dataset, seed=self.seed)
 
     def check_qa_windows(self) -> None:
         """QA's windows overlap by doc_stride: checked where a QA task runs, not for every task,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import FinetuneRun, Params, PromptRun, TrainConfig
+from components.config import Params, PromptRun, TrainConfig
 
 
 def ingest(params: Params) -> list[Path]:
@@ -45,15 +45,17 @@ def pretrain_gpt(params: Params) -> list[Path]:
 
 
 def finetune(params: Params) -> list[Path]:
-    """The run named by finetune.task/model/init (dvc.yaml passes each configured run with -S);
-    an init of models:/<name>@<alias> starts from that registered model."""
+    """The run finetune.run names (dvc.yaml passes each configured run's name), else the one of
+    finetune.task/model/init/seed; an init of models:/<name>@<alias> starts from that registered model."""
     from components.finetuning.stage import finetune as run_finetune
 
     from components.registry.packaging import resolve_init
 
     cfg = params.finetune
-    init = resolve_init(cfg.init, params.tracking, cfg.models_dir)
-    run = FinetuneRun(task=cfg.task, model=cfg.model, init=init, dataset=cfg.dataset)
+    chosen = cfg.selected()
+    run = chosen.model_copy(update={"init": resolve_init(chosen.init, params.tracking, cfg.models_dir)})
+    if run.seed is not None:  # the run's own seed: the training, its data order and its new head
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": run.seed})})
     out = run_finetune(cfg, run, Path(params.ingest.out_dir), params.tracking)
     return [out, Path(cfg.reports_dir) / f"{run.name}.json"]
 

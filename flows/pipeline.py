@@ -95,9 +95,24 @@ def run_all(steps: list[Step], params: Params, force: bool) -> list[StageOutcome
     """Run the steps in order, or up to orchestration.max_parallel_stages at a time, each once the
     stages it depends on have finished. A failed stage fails the flow after what runs has finished."""
     task = run_stage.with_options(**stage_options(params.orchestration.retries, params.orchestration.retry_delay_s))
+    stale = None if force else DvcProject(".").stale()
+
+    def known(step: Step, outcomes: dict[str, StageOutcome]) -> list[str] | None:
+        """Why the stage reruns, or [] when it does not, as far as the status before the flow tells:
+        a stage that was stale still is; one that was not may be, once a stage it depends on ran."""
+        if stale is None:
+            return None
+        if step.stage.dvc_name in stale:
+            return stale[step.stage.dvc_name] or None  # listed without a reason: ask again
+        ran = {name for name, o in outcomes.items() if o.status == "ran"}
+        return None if step.upstream & ran else []
+
     width = params.orchestration.max_parallel_stages
     if width == 1:
-        return [task(step.stage, force) for step in steps]
+        done: dict[str, StageOutcome] = {}
+        for step in steps:
+            done[step.stage.dvc_name] = task(step.stage, force, known=known(step, done))
+        return list(done.values())
     from prefect.futures import as_completed
 
     waiting, running, outcomes, failed = list(steps), {}, {}, None
@@ -105,7 +120,7 @@ def run_all(steps: list[Step], params: Params, force: bool) -> list[StageOutcome
         ready = [s for s in waiting if s.upstream <= outcomes.keys()] if failed is None else []
         for step in ready[:width - len(running)]:
             waiting.remove(step)
-            running[step.stage.dvc_name] = task.submit(step.stage, force)
+            running[step.stage.dvc_name] = task.submit(step.stage, force, known=known(step, outcomes))
         if not running:
             break
         future = next(as_completed(list(running.values())))

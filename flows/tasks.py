@@ -54,11 +54,13 @@ def _retry_transient(task, task_run, state) -> bool:
 
 
 @task(task_run_name="{planned.dvc_name}", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
-def run_stage(planned: PlannedStage, force: bool = False, root: str = ".") -> StageOutcome:
-    """Run one stage unless DVC says its deps, params and outs are what dvc.lock recorded."""
+def run_stage(planned: PlannedStage, force: bool = False, root: str = ".", known: list[str] | None = None) -> StageOutcome:
+    """Run one stage unless DVC says its deps, params and outs are what dvc.lock recorded.
+    `known`: what the flow's one `dvc status` of the whole pipeline said of it (empty: unchanged),
+    where nothing it depends on has run since; None: ask DVC now."""
     logger = get_run_logger()
     dvc = DvcProject(root)
-    changes = dvc.changes(planned.dvc_name)
+    changes = dvc.changes(planned.dvc_name) if known is None else known
     if not changes and not force:
         logger.info("%s: skipped, deps, params and outs match dvc.lock", planned.dvc_name)
         return StageOutcome(planned.dvc_name, "skipped", "unchanged since dvc.lock")

@@ -112,3 +112,15 @@ def test_finetune_run_names_must_match_their_runs():
         validate_params({"finetune": {"runs": {"bert-rte": {"task": "rte", "init": "scratch"}}}})
     with pytest.raises(LmforgeError, match=r"finetune.task: expected one of"):
         validate_params({"finetune": {"task": "glue"}})
+
+
+def test_a_run_with_its_own_seed_is_named_for_it_and_picked_by_name():
+    params = validate_params({"finetune": {"runs": {
+        "bert-qnli": {"task": "qnli"}, "bert-scratch-qnli-seed1": {"task": "qnli", "init": "scratch", "seed": 1}}}})
+    assert params.finetune.selected().name == "bert-sst2"  # no run named: the task/model/init/seed at the top
+    chosen = params.finetune.model_copy(update={"run": "bert-scratch-qnli-seed1"}).selected()
+    assert (chosen.task, chosen.init, chosen.seed) == ("qnli", "scratch", 1)
+    top = validate_params({"finetune": {"task": "rte", "seed": 3}}).finetune.selected()
+    assert top.name == "bert-rte-seed3"
+    with pytest.raises(LmforgeError, match=r"finetune: run 'bert-rte' is not in finetune.runs \(known: bert-qnli\)"):
+        validate_params({"finetune": {"run": "bert-rte", "runs": {"bert-qnli": {"task": "qnli"}}}})

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from components.config import Params, RegistryConfig, TrackingConfig
+from components.config import Params, RegistryConfig, TrackingConfig, load_params
 from components.errors import LmforgeError
 from components.registry import gate
 from components.registry.gate import Candidate
@@ -128,20 +128,21 @@ def test_every_dvc_stage_is_an_lmforge_stage_the_flows_can_plan():
     from components.stages import STAGES, plan
     from components.versioning import DvcProject
 
-    params = Params()
+    params = load_params(REPO / "params.yaml")
     graph = DvcProject(REPO).stages()
     planned = [plan(s.name, s.cmd, params) for s in graph]
     assert {p.function for p in planned} == set(STAGES.values())  # every stage is in dvc.yaml, and only those
     named = {s.name: p for s, p in zip(graph, planned)}
-    assert named["finetune@bert-rte"].params.finetune.task == "rte"
-    assert named["register@bert-rte"].params.registry.model == "bert-rte"
+    run = named["finetune@bert-scratch-qnli-seed1"].params.finetune.selected()
+    assert (run.task, run.init, run.seed, run.name) == ("qnli", "scratch", 1, "bert-scratch-qnli-seed1")
+    assert named["register@bert-qnli"].params.registry.model == "bert-qnli"
     assert named["register-pretrained@gpt"].params.registry.model == "gpt-pretrained"
     assert named["evaluate@gpt-sst2"].params.evaluate.model == "gpt-sst2"
     order = [s.name for s in graph]
     for stage in graph:  # each after what it depends on
         assert all(order.index(u) < order.index(stage.name) for u in stage.upstream)
-    upstream = next(s.upstream for s in graph if s.name == "register@bert-rte")
-    assert {"ingest", "tokenizer", "pretrain-bert", "finetune@bert-rte"} <= upstream
+    upstream = next(s.upstream for s in graph if s.name == "register@bert-qnli")
+    assert {"ingest", "tokenizer", "pretrain-bert", "finetune@bert-qnli"} <= upstream
     assert "pretrain-gpt" not in upstream and "register@bert-sst2" not in upstream
 
 

@@ -71,11 +71,47 @@ def test_pretrained_and_scratch_runs_are_paired_per_model_and_task(metrics_dir, 
     assert result["glue_score"]["gpt"] == {"tasks": [], "pretrained": None, "scratch": None}
 
     table = (tmp_path / "out" / "pretrained_vs_scratch.md").read_text()
-    assert "| bert | sst2 | accuracy | 0.8000 | 0.5000 | +0.3000 |" in table
-    assert "| bert | cola | matthews_correlation | 0.3000 |  |  |" in table
-    assert "| bert | qnli | accuracy |  | 0.5500 |  |" in table
+    assert "| bert | sst2 | accuracy | 0.8000 | 0.5000 | +0.3000 | one seed: noise unknown |" in table
+    assert "| bert | cola | matthews_correlation | 0.3000 |  |  |  |" in table
+    assert "| bert | qnli | accuracy |  | 0.5500 |  |  |" in table
     assert "**GLUE score** (mnli, mrpc, sst2)" in table
     assert (tmp_path / "out" / "pretrained_vs_scratch.png").stat().st_size > 5000
+
+
+def test_seeds_of_a_comparison_give_its_spread_and_say_when_a_difference_is_noise(tmp_path):
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    scores = {  # (task, init, seed) -> accuracy; seed None: the run without a seed of its own
+        ("qnli", "pretrained", None): 0.90, ("qnli", "pretrained", 1): 0.96,
+        ("qnli", "scratch", None): 0.76, ("qnli", "scratch", 1): 0.74,
+        ("rte", "pretrained", None): 0.60, ("rte", "pretrained", 1): 0.52,
+        ("rte", "scratch", None): 0.55, ("rte", "scratch", 1): 0.58,
+    }
+    for (task, init, seed), accuracy in scores.items():
+        report = finetune_report(task, init, {"validation": {"accuracy": accuracy}})
+        if seed is not None:
+            report["seed"] = seed
+        name = f"bert{'' if init == 'pretrained' else '-scratch'}-{task}{'' if seed is None else f'-seed{seed}'}"
+        (folder / f"{name}.json").write_text(json.dumps(report))
+    # A seed's report under another run's name is not the finetune stage's: left out.
+    (folder / "bert-rte-seed7.json").write_text(json.dumps({**finetune_report("rte", "pretrained", {
+        "validation": {"accuracy": 0.0}}), "seed": 8}))
+
+    result = json.loads(pretrained_vs_scratch_report(folder, tmp_path / "out").read_text())
+    rows = {r["task"]: r for r in result["rows"]}
+    qnli, rte = rows["qnli"], rows["rte"]
+    assert qnli["pretrained"] == pytest.approx(0.93) and qnli["scratch"] == pytest.approx(0.75)
+    assert qnli["seeds"] == {"pretrained": 2, "scratch": 2}
+    assert qnli["range"] == {"pretrained": [0.90, 0.96], "scratch": [0.74, 0.76]}
+    assert qnli["verdict"] == "pretrained better"  # the ranges do not overlap
+    assert rte["difference"] == pytest.approx(-0.005) and rte["verdict"] == "within the noise"
+    assert "bert-rte-seed7.json" not in result["reports"] and len(result["reports"]) == 8
+    # GLUE score: each task's metrics averaged over its seeds first.
+    assert result["glue_score"]["bert"]["pretrained"] == pytest.approx((0.93 + 0.56) / 2)
+    table = (tmp_path / "out" / "pretrained_vs_scratch.md").read_text()
+    assert "| bert | qnli | accuracy | 0.9300 (0.900–0.960, 2 seeds) | 0.7500 (0.740–0.760, 2 seeds) | +0.1800 " \
+           "| pretrained better |" in table
+    assert "| within the noise |" in table
 
 
 def test_no_finetune_reports_is_an_empty_report_and_a_broken_one_a_clear_error(tmp_path):

@@ -6,6 +6,10 @@ task, model, init and score, its init is `pretrained` or `scratch`, and its file
 stage names it (bert-sst2.json, bert-scratch-sst2.json). Anything else in the folder (pretraining
 and tokenizer metrics, prompting reports, runs from another local checkpoint) is left out.
 
+Runs that differ only in their seed (bert-qnli-seed1, ...) are the same comparison again: each
+side is their mean, with its range, and the report says whether the difference is larger than
+that noise (the ranges do not overlap) or within it.
+
 The score of a task is the report's `score`: the mean of the task's GLUE metrics over its
 validation splits (QA and tagging: the main metric). The GLUE score of each side is
 `metrics.glue_score` over the GLUE tasks that both sides have, so the two are comparable.
@@ -28,9 +32,9 @@ INITS = ("pretrained", "scratch")
 def pretrained_vs_scratch_report(metrics_dir: Path, out_dir: Path) -> Path:
     """Write <out_dir>/pretrained_vs_scratch.{json,md,png}; return the JSON's path."""
     reports = finetune_reports(Path(metrics_dir))
-    pairs: dict[tuple[str, str], dict] = {}  # (model, task) -> {init: report or None}
+    pairs: dict[tuple[str, str], dict] = {}  # (model, task) -> {init: [reports, one per seed]}
     for report in reports.values():
-        pairs.setdefault((report["model"], report["task"]), dict.fromkeys(INITS))[report["init"]] = report
+        pairs.setdefault((report["model"], report["task"]), {i: [] for i in INITS})[report["init"]].append(report)
     rows = [pair_row(model, task, pair) for (model, task), pair in sorted(pairs.items())]
     glue = {model: glue_scores({t: pair for (m, t), pair in pairs.items() if m == model})
             for model in sorted({m for m, _ in pairs})}
@@ -40,30 +44,70 @@ def pretrained_vs_scratch_report(metrics_dir: Path, out_dir: Path) -> Path:
     path = write_json(out_dir / "pretrained_vs_scratch.json", result)
     write_text(out_dir / "pretrained_vs_scratch.md", markdown_table(rows, glue))
     scored = {m: g for m, g in glue.items() if g["tasks"]}
-    labels = [f"{r['model']} {r['task']}" for r in rows] + [f"{m} GLUE ({len(g['tasks'])})" for m, g in scored.items()]
-    values = [[r[i] for r in rows] + [g[i] for g in scored.values()] for i in INITS]
+    # One scale: QA's F1 and exact match are 0-100, every other score 0-1.
+    scale = [0.01 if r["task"] in QA_TASKS else 1.0 for r in rows] + [1.0] * len(scored)
+    labels = [f"{r['model']} {r['task']}{' (/100)' if r['task'] in QA_TASKS else ''}{seeds_label(r)}" for r in rows]
+    labels += [f"{m} GLUE ({len(g['tasks'])})" for m, g in scored.items()]
+    values = [[None if v is None else v * k for v, k in zip([r[i] for r in rows] + [g[i] for g in scored.values()],
+                                                             scale)] for i in INITS]
     title = "fine-tuned from pretrained weights vs from random weights"
     if not rows:
         title += f"\n(no fine-tuning reports in {metrics_dir}: finetune.runs is empty)"
-    paired_bars(labels, values[0], values[1], INITS, "task score (validation)", title,
+    paired_bars(labels, values[0], values[1], INITS, "task score (validation), mean over seeds", title,
                 out_dir / "pretrained_vs_scratch.png")
     return path
 
 
+QA_TASKS = ("squad", "squad_v2")
+
+
+def seeds_label(row: dict) -> str:
+    n = min(row["seeds"].values())
+    return f", {n} seeds" if n > 1 else ""
+
+
 def pair_row(model: str, task: str, pair: dict) -> dict:
-    """One table row: each side's score (None where that run has no report) and their difference."""
-    p, s = (pair[init]["score"] if pair[init] else None for init in INITS)
-    main = (pair["pretrained"] or pair["scratch"])["main_metric"]
-    return {"model": model, "task": task, "main_metric": main, "pretrained": p, "scratch": s,
-            "difference": None if p is None or s is None else p - s}
+    """One table row: each side's mean score over its seeds (None where that side has no report),
+    their difference, each side's range over seeds, and whether the difference is larger than the
+    seeds' noise: `verdict` is 'pretrained better' / 'scratch better' when the two sides' ranges do
+    not overlap, 'within the noise' when they do, and 'one seed: noise unknown' with a single seed."""
+    scores = {init: [r["score"] for r in pair[init]] for init in INITS}
+    mean = {init: sum(v) / len(v) if v else None for init, v in scores.items()}
+    main = next(r for init in INITS for r in pair[init])["main_metric"]
+    row = {"model": model, "task": task, "main_metric": main, **mean,
+           "difference": None if None in mean.values() else mean["pretrained"] - mean["scratch"],
+           "seeds": {init: len(v) for init, v in scores.items()},
+           "range": {init: [min(v), max(v)] if v else None for init, v in scores.items()}}
+    row["verdict"] = verdict(scores)
+    return row
+
+
+def verdict(scores: dict[str, list[float]]) -> str | None:
+    p, s = scores["pretrained"], scores["scratch"]
+    if not p or not s:
+        return None
+    if min(len(p), len(s)) < 2:
+        return "one seed: noise unknown"
+    if min(p) > max(s):
+        return "pretrained better"
+    if min(s) > max(p):
+        return "scratch better"
+    return "within the noise"
 
 
 def glue_scores(pairs: dict[str, dict]) -> dict:
-    """{tasks, pretrained, scratch}: glue_score of each side over the GLUE tasks both sides have."""
+    """{tasks, pretrained, scratch}: glue_score of each side over the GLUE tasks both sides have,
+    each task's metrics averaged over its seeds."""
     both = sorted(task for task, pair in pairs.items() if task in GLUE_TASKS and all(pair.values()))
     if not both:
         return {"tasks": [], **dict.fromkeys(INITS)}
-    return {"tasks": both, **{init: glue_score({t: split_metrics(pairs[t][init]) for t in both}) for init in INITS}}
+    return {"tasks": both, **{init: glue_score({t: seed_mean(pairs[t][init]) for t in both}) for init in INITS}}
+
+
+def seed_mean(reports: list[dict]) -> dict[str, float]:
+    """A task's metrics (split_metrics) averaged over the reports of its seeds."""
+    metrics = [split_metrics(r) for r in reports]
+    return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
 
 
 def finetune_reports(metrics_dir: Path) -> dict[str, dict]:
@@ -87,7 +131,8 @@ def finetune_reports(metrics_dir: Path) -> dict[str, dict]:
 def run_name(report: dict) -> str:
     """The file name (without .json) the finetune stage gives a run: FinetuneRun.name."""
     init = "" if report["init"] == "pretrained" else f"-{report['init']}"
-    return f"{report['model']}{init}-{report['task']}"
+    seed = "" if report.get("seed") is None else f"-seed{report['seed']}"
+    return f"{report['model']}{init}-{report['task']}{seed}"
 
 
 def split_metrics(report: dict) -> dict[str, float]:
@@ -106,16 +151,23 @@ def markdown_table(rows: list[dict], glue: dict[str, dict]) -> str:
     def cell(value: float | None, signed: bool = False) -> str:
         return "" if value is None else f"{value:+.4f}" if signed else f"{value:.4f}"
 
-    lines = ["| model | task | main metric | pretrained | scratch | pretrained − scratch |",
-             "|---|---|---|---:|---:|---:|"]
-    lines += [f"| {r['model']} | {r['task']} | {r['main_metric']} | {cell(r['pretrained'])} | {cell(r['scratch'])} "
-              f"| {cell(r['difference'], True)} |" for r in rows]
+    def side(r: dict, init: str) -> str:
+        low, high = r["range"][init] or (None, None)
+        spread = f" ({low:.3f}–{high:.3f}, {r['seeds'][init]} seeds)" if r["seeds"][init] > 1 else ""
+        return cell(r[init]) + spread
+
+    lines = ["| model | task | main metric | pretrained | scratch | pretrained − scratch | verdict |",
+             "|---|---|---|---:|---:|---:|---|"]
+    lines += [f"| {r['model']} | {r['task']} | {r['main_metric']} | {side(r, 'pretrained')} | {side(r, 'scratch')} "
+              f"| {cell(r['difference'], True)} | {r['verdict'] or ''} |" for r in rows]
     for model, g in glue.items():
         if g["tasks"]:
             diff = g["pretrained"] - g["scratch"]
             lines.append(f"| {model} | **GLUE score** ({', '.join(g['tasks'])}) | mean task score "
-                         f"| {cell(g['pretrained'])} | {cell(g['scratch'])} | {cell(diff, True)} |")
+                         f"| {cell(g['pretrained'])} | {cell(g['scratch'])} | {cell(diff, True)} | |")
     if not rows:
         return "No fine-tuning reports to compare: finetune.runs has no run (or none has run yet).\n"
-    return ("Task score on validation (the mean of the task's metrics; MNLI over matched and mismatched). "
-            "A blank cell: that run has no report.\n\n" + "\n".join(lines) + "\n")
+    return ("Task score on validation (the mean of the task's metrics; MNLI over matched and mismatched), the mean "
+            "over the seeds each side ran, with their range. A difference counts only when the two ranges do not "
+            "overlap; otherwise it is within the noise of the seeds. A blank cell: that run has no report.\n\n"
+            + "\n".join(lines) + "\n")
