@@ -26,13 +26,20 @@ def run_pretrain_bench(monkeypatch, *argv: str) -> dict:
     return report
 
 
-def test_pretrain_benchmark_races_both_trainer_setups_and_writes_its_report(tmp_path, monkeypatch):
+def test_pretrain_benchmark_races_both_trainer_setups_on_a_users_text_files(tmp_path, monkeypatch):
+    names, places = ["Ada", "Bo", "Cy", "Di", "Ed"], ["the mill", "the port", "the hill", "the lake"]
+    texts = [f"{names[i % 5]} walked to {places[i % 4]} on day {i}. {names[(i + 2) % 5]} stayed home and read."
+             for i in range(120)]
+    for i in range(4):
+        (tmp_path / f"part{i}.txt").write_text("\n\n".join(texts[i::4]) + "\n")
     out = tmp_path / "bench.json"
-    report = run_pretrain_bench(monkeypatch, "--documents", "60", "--out", str(out))
+    report = run_pretrain_bench(monkeypatch, "--corpus", str(tmp_path / "*.txt"), "--out", str(out))
 
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert set(report) == {"config", "peak_flops", "results", "environment"}
-    assert report["peak_flops"]["fp32"] > 0 and report["config"]["corpus_bytes"] > 1000
+    # 5% of the documents held out for the held-out loss; the rest trained on.
+    assert 0.8 * sum(len(t.encode()) for t in texts) < report["config"]["corpus_bytes"] < sum(len(t.encode()) for t in texts)
+    assert report["peak_flops"]["fp32"] > 0
     assert {"torch", "device", "threads", "lmforge_precision"} <= set(report["environment"])
     precision = report["environment"]["lmforge_precision"][0]
     for model in ("bert", "gpt"):
@@ -57,18 +64,6 @@ def test_pretrain_benchmark_races_both_trainer_setups_and_writes_its_report(tmp_
     assert gpt[f"Trainer best {precision}"]["tokens_per_step"] == gpt[f"lmforge {precision}"]["tokens_per_step"] == 4 * 32
 
 
-def test_pretrain_benchmark_runs_on_a_users_text_files(tmp_path, monkeypatch):
-    names, places = ["Ada", "Bo", "Cy", "Di", "Ed"], ["the mill", "the port", "the hill", "the lake"]
-    texts = [f"{names[i % 5]} walked to {places[i % 4]} on day {i}. {names[(i + 2) % 5]} stayed home and read."
-             for i in range(120)]
-    for i in range(4):
-        (tmp_path / f"part{i}.txt").write_text("\n\n".join(texts[i::4]) + "\n")
-    report = run_pretrain_bench(monkeypatch, "--corpus", str(tmp_path / "*.txt"), "--models", "gpt",
-                                "--out", str(tmp_path / "bench.json"))
-    assert report["config"]["corpus_bytes"] > 0.9 * sum(len(t.encode()) for t in texts)
-    assert list(report["results"]) == ["gpt"]
-
-
 def run_finetune_bench(monkeypatch, *argv: str) -> dict:
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import finetune_throughput as bench
@@ -88,13 +83,13 @@ def run_finetune_bench(monkeypatch, *argv: str) -> dict:
 def test_finetune_benchmark_races_both_trainer_setups_and_writes_its_report(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no models/bert-pretrained here: auto falls back to random weights
     out = tmp_path / "bench.json"
-    report = run_finetune_bench(monkeypatch, "--tasks", "sst2,mnli", "--glue-train", "40", "--glue-eval", "10",
+    report = run_finetune_bench(monkeypatch, "--tasks", "mnli", "--glue-train", "40", "--glue-eval", "10",
                                 "--documents", "60", "--out", str(out))
 
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert set(report) == {"config", "results", "summary", "environment"}
     assert report["config"]["init_used"].startswith("random weights, preset tiny, (2, 64, 1, 256)")
-    for task, dev_rows in (("sst2", 10), ("mnli", 20)):  # MNLI: matched and mismatched dev
+    for task, dev_rows in (("mnli", 20),):  # matched and mismatched dev (SST-2: the next test)
         result = report["results"][task]
         rows = result["rows"]
         assert set(rows) == {"lmforge 32", "Trainer defaults 32", "Trainer best 32"}
@@ -117,9 +112,8 @@ def test_finetune_benchmark_races_both_trainer_setups_and_writes_its_report(tmp_
         assert ratio["dev_score_difference"] == lmforge["dev_score"] - strongest["dev_score"]
         assert ratio["speedup_vs_defaults"] == lmforge["examples_per_s"] / defaults["examples_per_s"]
     summary = report["summary"]
-    speedups = [report["results"][t]["vs_strongest"]["lmforge 32"]["speedup"] for t in ("sst2", "mnli")]
     assert summary["best"] == "lmforge 32"
-    assert summary["speedup"] == pytest.approx((speedups[0] * speedups[1]) ** 0.5)
+    assert summary["speedup"] == pytest.approx(report["results"]["mnli"]["vs_strongest"]["lmforge 32"]["speedup"])
 
 
 def test_finetune_benchmark_runs_on_a_users_glue_folder(tmp_path, monkeypatch):
