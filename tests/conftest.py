@@ -232,13 +232,6 @@ def pytest_runtest_makereport(item, call):
     yield
 
 
-def pytest_collection_modifyitems(items):
-    # The slow end-to-end tests first: xdist hands tests out in this order, so the longest start at
-    # once and the short ones fill in around them, instead of one long test running alone at the end.
-    # A stable sort: tests keep their order within each group.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def pytest_configure(config):
     global _reliability
     if not hasattr(config, "workerinput"):
