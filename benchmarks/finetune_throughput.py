@@ -43,8 +43,8 @@ from components.finetuning.scoring import score_glue  # noqa: E402
 from components.pretraining.models import build_bert  # noqa: E402
 from components.training.trainer import resolve_accelerator, total_steps  # noqa: E402
 from components.tokenizer import train_bert_tokenizer  # noqa: E402
-from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, bf16_available, environment, greenlet,  # noqa: E402
-                    quiet_and_restored, write_report)
+from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, best_trainer_settings, bf16_available,  # noqa: E402
+                    environment, greenlet, quiet_and_restored, write_report)
 
 DEMO_BERT = Path("models/bert-pretrained")
 
@@ -122,9 +122,7 @@ def reference_contestant(task: str, train_split, folder: Path, ft: FinetuneConfi
         clock = Clock(turns, epochs_steps(len(train), cfg.batch_size, cfg.max_epochs), args.skip, args.window)
         settings = {}
         if best:
-            settings = {"bf16": "bf16" in cfg.precision, "train_sampling_strategy": "group_by_length",
-                        "optim": "adamw_torch_fused", "adam_beta1": cfg.adam_betas[0], "adam_beta2": cfg.adam_betas[1],
-                        "adam_epsilon": cfg.adam_epsilon, "torch_compile": cfg.compile}
+            settings = {**best_trainer_settings(cfg), "train_sampling_strategy": "group_by_length"}
         with tempfile.TemporaryDirectory() as out:
             training = TrainingArguments(
                 output_dir=out, per_device_train_batch_size=cfg.batch_size, num_train_epochs=cfg.max_epochs,

@@ -41,8 +41,8 @@ from components.pretraining.throughput import ThroughputLogger, measure_peak_flo
 from components.pretraining.trainer import PretrainDataModule  # noqa: E402
 from components.training.trainer import resolve_accelerator, unwrap  # noqa: E402
 from components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer  # noqa: E402
-from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, bf16_available, environment, greenlet,  # noqa: E402
-                    quiet_and_restored, write_report)
+from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, best_trainer_settings, bf16_available,  # noqa: E402
+                    environment, greenlet, quiet_and_restored, write_report)
 
 # ---------------------------------------------------------------------------- the two sides
 
@@ -91,12 +91,7 @@ def reference_contestant(kind, ours_config, dataset, collator, cfg: TrainConfig,
     bf16 where lmforge trains in bf16, adamw_torch_fused with lmforge's betas, epsilon, weight decay
     and clipping, torch_compile where lmforge compiles."""
     config = type(ours_config)(**{key: getattr(ours_config, key) for key in SIZES[kind]})
-    settings = {}
-    if best:
-        settings = {"bf16": "bf16" in cfg.precision, "optim": "adamw_torch_fused", "adam_beta1": cfg.adam_betas[0],
-                    "adam_beta2": cfg.adam_betas[1], "adam_epsilon": cfg.adam_epsilon,
-                    "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.gradient_clip,
-                    "torch_compile": cfg.compile}
+    settings = best_trainer_settings(cfg) if best else {}
 
     def contest(turns: Turns) -> dict:
         clock = Clock(turns, args.steps, args.warmup, args.window)

@@ -35,6 +35,13 @@ REFERENCE = "Trainer defaults 32"
 BEST = "Trainer best"
 
 
+def best_trainer_settings(cfg) -> dict:
+    """TrainingArguments for the Trainer at its best against lmforge's TrainConfig `cfg`: the same
+    precision, optimizer settings and compilation, with the fused AdamW kernel."""
+    return {"bf16": "bf16" in cfg.precision, "optim": "adamw_torch_fused", "adam_beta1": cfg.adam_betas[0],
+            "adam_beta2": cfg.adam_betas[1], "adam_epsilon": cfg.adam_epsilon, "torch_compile": cfg.compile}
+
+
 def bf16_available() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()

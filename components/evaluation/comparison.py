@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from components.atomic import write_json, write_text
+from components.config import FinetuneRun
 from components.data.schemas import GLUE_TASKS
 from components.errors import LmforgeError
 from components.evaluation.plots import paired_bars
@@ -128,11 +129,13 @@ def finetune_reports(metrics_dir: Path) -> dict[str, dict]:
     return reports
 
 
-def run_name(report: dict) -> str:
-    """The file name (without .json) the finetune stage gives a run: FinetuneRun.name."""
-    init = "" if report["init"] == "pretrained" else f"-{report['init']}"
-    seed = "" if report.get("seed") is None else f"-seed{report['seed']}"
-    return f"{report['model']}{init}-{report['task']}{seed}"
+def run_name(report: dict) -> str | None:
+    """The file name (without .json) the finetune stage gives the report's run (FinetuneRun.name);
+    None when the report cannot be one of its runs."""
+    try:
+        return FinetuneRun(task=report["task"], model=report["model"], init=report["init"], seed=report.get("seed")).name
+    except ValueError:  # pydantic's ValidationError: e.g. a task no finetune run has
+        return None
 
 
 def split_metrics(report: dict) -> dict[str, float]:
