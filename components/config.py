@@ -305,19 +305,26 @@ class FinetuneRun(Section):
     dataset: str | None = Field(None, description="the ingested dataset; default: the task's name")
     seed: int | None = Field(None, ge=0, description="this run's training seed (default: finetune.train.seed); "
                                                    "runs differing only in seed measure the noise of a comparison")
+    aux_lm_weight: float = Field(0.0, ge=0, description="gpt: λ of the language-modelling loss kept as an auxiliary "
+                                                        "objective while fine-tuning the head (GPT-1 used 0.5)")
 
     @model_validator(mode="after")
     def _gpt_classifies_only(self) -> FinetuneRun:
         if self.model == "gpt" and self.task not in _GLUE_NAMES:
             raise ValueError(f"task {self.task!r} needs model bert; gpt fine-tunes GLUE tasks (a classification head)")
+        if self.aux_lm_weight and self.model != "gpt":
+            raise ValueError(f"aux_lm_weight {self.aux_lm_weight:g}: the auxiliary LM loss is GPT's (model gpt), "
+                             f"not {self.model}'s")
         return self
 
     @property
     def name(self) -> str:
-        """models/<name>, reports/metrics/<name>.json: e.g. bert-sst2, bert-scratch-sst2, bert-qnli-seed1."""
+        """models/<name>, reports/metrics/<name>.json: e.g. bert-sst2, bert-scratch-sst2, bert-qnli-seed1,
+        gpt-sst2-auxlm0p5 (λ with p for the point: a DVC param key cannot hold a dot)."""
         init = "" if self.init == "pretrained" else f"-{self.init}" if self.init == "scratch" else f"-{Path(self.init).name}"
+        aux = f"-auxlm{self.aux_lm_weight:g}".replace(".", "p") if self.aux_lm_weight else ""
         seed = "" if self.seed is None else f"-seed{self.seed}"
-        return f"{self.model}{init}-{self.task}{seed}"
+        return f"{self.model}{init}-{self.task}{aux}{seed}"
 
 
 class FinetuneConfig(FinetuneRun):
@@ -355,7 +362,8 @@ class FinetuneConfig(FinetuneRun):
         """The run `lmforge stage finetune` trains: runs[run], or the task/model/init/seed at the top."""
         if self.run is not None:
             return self.runs[self.run]
-        return FinetuneRun(task=self.task, model=self.model, init=self.init, dataset=self.dataset, seed=self.seed)
+        return FinetuneRun(task=self.task, model=self.model, init=self.init, dataset=self.dataset, seed=self.seed,
+                           aux_lm_weight=self.aux_lm_weight)
 
     def check_qa_windows(self) -> None:
         """QA's windows overlap by doc_stride: checked where a QA task runs, not for every task,

@@ -93,3 +93,39 @@ def test_bad_inits_fail_clearly(workspace, monkeypatch, tmp_path):
                       workspace / "raw", OFF)
     with pytest.raises(LmforgeError, match=r"dataset .*qnli not found; ingest it first"):
         finetune_glue(config(workspace), FinetuneRun(task="qnli"), workspace / "raw", OFF)
+
+
+def test_gpt1_auxiliary_lm_loss_is_the_lm_heads_loss_and_trains_with_the_head(workspace, monkeypatch):
+    """GPT-1's L3 = L2 + λ L1: the auxiliary term is exactly GPT-2's own LM loss on the real tokens,
+    and a run with λ is its own run (name, metrics) beside the plain head."""
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from components.finetuning.classification import causal_lm_loss
+
+    folder = workspace / "models" / "gpt-pretrained"
+    lm, tok = GPT2LMHeadModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    tok.pad_token = tok.eos_token
+    batch = tok(["the visit was great .", "a much longer sentence about the visit to the bank ."],
+                padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        out = lm(**batch, labels=labels, output_hidden_states=True)
+        ours = causal_lm_loss(out.hidden_states[-1], lm.get_input_embeddings().weight, batch["input_ids"],
+                              batch["attention_mask"])
+    assert abs(ours.item() - out.loss.item()) < 1e-5
+
+    import components.finetuning.classification as classification
+
+    calls = []
+    monkeypatch.setattr(classification, "causal_lm_loss", lambda *a: calls.append(1) or causal_lm_loss(*a))
+    monkeypatch.chdir(workspace)
+    run = FinetuneRun(task="sst2", model="gpt", aux_lm_weight=0.5)
+    assert run.name == "gpt-sst2-auxlm0p5"
+    out_dir = finetune_glue(config(workspace), run, workspace / "raw", OFF)
+    assert out_dir.name == "gpt-sst2-auxlm0p5"
+    metrics = json.loads((workspace / "reports" / "gpt-sst2-auxlm0p5.json").read_text())
+    assert 0 <= metrics["validation"]["accuracy"] <= 1 and metrics["steps"] == 6
+    assert len(calls) == 6  # every training step added the LM term
+    with pytest.raises(ValueError, match=r"aux_lm_weight 0.5: the auxiliary LM loss is GPT's"):
+        FinetuneRun(task="sst2", model="bert", aux_lm_weight=0.5)

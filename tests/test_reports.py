@@ -37,6 +37,9 @@ def metrics_dir(tmp_path):
                                      main="matthews_correlation"),
         "bert-scratch-qnli": finetune_report("qnli", "scratch", {"validation": {"accuracy": 0.55}}),
         "gpt-sst2": finetune_report("sst2", "pretrained", {"validation": {"accuracy": 0.9}}, model="gpt"),
+        # GPT-1's auxiliary LM loss: beside the plain head, not a third side of the pair
+        "gpt-sst2-auxlm0p5": {**finetune_report("sst2", "pretrained", {"validation": {"accuracy": 0.95}}, model="gpt"),
+                              "aux_lm_weight": 0.5},
         # not the finetune stage's pretrained/scratch runs: left out
         "gpt-gpt-sst2-sst2": finetune_report("sst2", "models/gpt-sst2", {"validation": {"accuracy": 0.1}}, model="gpt"),
         "gpt-0shot-sst2": {"task": "sst2", "model": "gpt", "init": "pretrained", "shots": 0, "score": 0.1,
@@ -75,6 +78,10 @@ def test_pretrained_and_scratch_runs_are_paired_per_model_and_task(metrics_dir, 
     assert "| bert | cola | matthews_correlation | 0.3000 |  |  |  |" in table
     assert "| bert | qnli | accuracy |  | 0.5500 |  |  |" in table
     assert "**GLUE score** (mnli, mrpc, sst2)" in table
+    assert result["auxiliary_lm"] == [{"model": "gpt", "task": "sst2", "init": "pretrained", "seed": None,
+                                       "main_metric": "accuracy", "aux_lm_weight": 0.5, "plain_head": 0.9,
+                                       "with_aux_lm": 0.95, "difference": pytest.approx(0.05)}]
+    assert "| gpt | sst2 | accuracy | 0.9000 | 0.9500 | 0.5 | +0.0500 |" in table
     assert (tmp_path / "out" / "pretrained_vs_scratch.png").stat().st_size > 5000
 
 
@@ -118,7 +125,7 @@ def test_no_finetune_reports_is_an_empty_report_and_a_broken_one_a_clear_error(t
     # A pipeline without fine-tuning runs reports what there is (regression: the stage failed).
     (tmp_path / "pretrain_bert.json").write_text('{"loss": 2.0}')
     result = json.loads(pretrained_vs_scratch_report(tmp_path, tmp_path / "out").read_text())
-    assert result == {"rows": [], "glue_score": {}, "reports": []}
+    assert result == {"rows": [], "glue_score": {}, "auxiliary_lm": [], "reports": []}
     assert "No fine-tuning reports" in (tmp_path / "out" / "pretrained_vs_scratch.md").read_text()
     assert (tmp_path / "out" / "pretrained_vs_scratch.png").stat().st_size > 0
     pretrained_vs_scratch_report(tmp_path / "no-such-folder", tmp_path / "out")

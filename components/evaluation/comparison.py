@@ -6,6 +6,9 @@ task, model, init and score, its init is `pretrained` or `scratch`, and its file
 stage names it (bert-sst2.json, bert-scratch-sst2.json). Anything else in the folder (pretraining
 and tokenizer metrics, prompting reports, runs from another local checkpoint) is left out.
 
+Runs fine-tuned with GPT-1's auxiliary LM loss (aux_lm_weight, e.g. gpt-sst2-auxlm0p5) are left out
+of the pairs and set beside the same run with the plain head, in a table of their own.
+
 Runs that differ only in their seed (bert-qnli-seed1, ...) are the same comparison again: each
 side is their mean, with its range, and the report says whether the difference is larger than
 that noise (the ranges do not overlap) or within it.
@@ -33,17 +36,20 @@ INITS = ("pretrained", "scratch")
 def pretrained_vs_scratch_report(metrics_dir: Path, out_dir: Path) -> Path:
     """Write <out_dir>/pretrained_vs_scratch.{json,md,png}; return the JSON's path."""
     reports = finetune_reports(Path(metrics_dir))
+    auxiliary = auxiliary_lm_rows(list(reports.values()))
     pairs: dict[tuple[str, str], dict] = {}  # (model, task) -> {init: [reports, one per seed]}
     for report in reports.values():
+        if report.get("aux_lm_weight"):
+            continue
         pairs.setdefault((report["model"], report["task"]), {i: [] for i in INITS})[report["init"]].append(report)
     rows = [pair_row(model, task, pair) for (model, task), pair in sorted(pairs.items())]
     glue = {model: glue_scores({t: pair for (m, t), pair in pairs.items() if m == model})
             for model in sorted({m for m, _ in pairs})}
-    result = {"rows": rows, "glue_score": glue, "reports": sorted(reports)}
+    result = {"rows": rows, "glue_score": glue, "auxiliary_lm": auxiliary, "reports": sorted(reports)}
 
     out_dir = Path(out_dir)
     path = write_json(out_dir / "pretrained_vs_scratch.json", result)
-    write_text(out_dir / "pretrained_vs_scratch.md", markdown_table(rows, glue))
+    write_text(out_dir / "pretrained_vs_scratch.md", markdown_table(rows, glue) + auxiliary_table(auxiliary))
     scored = {m: g for m, g in glue.items() if g["tasks"]}
     # One scale: QA's F1 and exact match are 0-100, every other score 0-1.
     scale = [0.01 if r["task"] in QA_TASKS else 1.0 for r in rows] + [1.0] * len(scored)
@@ -133,9 +139,38 @@ def run_name(report: dict) -> str | None:
     """The file name (without .json) the finetune stage gives the report's run (FinetuneRun.name);
     None when the report cannot be one of its runs."""
     try:
-        return FinetuneRun(task=report["task"], model=report["model"], init=report["init"], seed=report.get("seed")).name
+        return FinetuneRun(task=report["task"], model=report["model"], init=report["init"], seed=report.get("seed"),
+                           aux_lm_weight=report.get("aux_lm_weight", 0.0)).name
     except ValueError:  # pydantic's ValidationError: e.g. a task no finetune run has
         return None
+
+
+def auxiliary_lm_rows(reports: list[dict]) -> list[dict]:
+    """Each run fine-tuned with the auxiliary LM loss beside the same run (model, task, init, seed)
+    with the plain head, when both have reported."""
+    def key(r: dict) -> tuple:
+        return r["model"], r["task"], r["init"], r.get("seed")
+
+    plain = {key(r): r for r in reports if not r.get("aux_lm_weight")}
+    rows = []
+    for r in sorted((r for r in reports if r.get("aux_lm_weight")), key=lambda r: (key(r), r["aux_lm_weight"])):
+        if key(r) in plain:
+            base = plain[key(r)]["score"]
+            rows.append({"model": r["model"], "task": r["task"], "init": r["init"], "seed": r.get("seed"),
+                         "main_metric": r["main_metric"], "aux_lm_weight": r["aux_lm_weight"],
+                         "plain_head": base, "with_aux_lm": r["score"], "difference": r["score"] - base})
+    return rows
+
+
+def auxiliary_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["", "GPT-1's auxiliary objective: the head's loss plus λ times the language-modelling loss while "
+             "fine-tuning (one seed each: a small difference may be noise).", "",
+             "| model | task | main metric | plain head | head + λ·LM | λ | difference |", "|---|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['task']} | {r['main_metric']} | {r['plain_head']:.4f} | {r['with_aux_lm']:.4f} "
+              f"| {r['aux_lm_weight']:g} | {r['difference']:+.4f} |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def split_metrics(report: dict) -> dict[str, float]:

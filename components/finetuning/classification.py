@@ -48,11 +48,27 @@ def glue_loader(data: Dataset, tokenizer, batch_size: int, shuffle: bool, seed: 
 
 
 class ClassificationModule(FinetuneModule):
-    """Trains a *ForSequenceClassification model; scores each validation pass with GLUE's metrics."""
+    """Trains a *ForSequenceClassification model; scores each validation pass with GLUE's metrics.
 
-    def __init__(self, model, task: str, train: TrainConfig, total_steps: int = 0):
+    With `aux_lm_weight` λ (GPT), the loss is the head's plus λ times the language-modelling loss on
+    the same tokens, as GPT-1 fine-tunes (L3 = L2 + λ L1): the LM head is the tied token embedding."""
+
+    def __init__(self, model, task: str, train: TrainConfig, total_steps: int = 0, aux_lm_weight: float = 0.0):
         super().__init__(model, task, train, total_steps)
         self.regression = GLUE_TASKS[task].is_regression
+        self.aux_lm_weight = aux_lm_weight
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if not self.aux_lm_weight:
+            return super().training_step(batch, batch_idx)
+        out = self.model(**batch, output_hidden_states=True)
+        lm_loss = causal_lm_loss(out.hidden_states[-1], self.model.get_input_embeddings().weight,
+                                 batch["input_ids"], batch["attention_mask"])
+        loss = out.loss + self.aux_lm_weight * lm_loss
+        self.check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({"train/head_loss": out.loss, "train/lm_loss": lm_loss})
+        return loss
 
     def validation_items(self, batch: dict) -> list[tuple[float, float]]:
         out = self(batch)
@@ -62,6 +78,15 @@ class ClassificationModule(FinetuneModule):
     def score(self, items: list[tuple[float, float]]) -> dict:
         preds, labels = (np.array(column) for column in zip(*items))
         return glue_metrics(self.task, preds, labels)
+
+
+def causal_lm_loss(hidden: torch.Tensor, embeddings: torch.Tensor, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over the real (unpadded) tokens, through the tied output
+    projection (the last hidden state is GPT-2's, after its final layer norm)."""
+    logits = hidden[:, :-1] @ embeddings.T
+    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
 
 def predict(logits: torch.Tensor, regression: bool) -> torch.Tensor:

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 def run_metrics(run: FinetuneRun, metric: str, results: dict[str, dict], score: float, steps: int) -> dict:
     """The metrics JSON: the run, its main metric, each scored split's metrics, one summary score."""
     seed = {} if run.seed is None else {"seed": run.seed}
-    return {"task": run.task, "model": run.model, "init": run.init, **seed, "main_metric": metric,
+    aux = {"aux_lm_weight": run.aux_lm_weight} if run.aux_lm_weight else {}
+    return {"task": run.task, "model": run.model, "init": run.init, **seed, **aux, "main_metric": metric,
             **results, "score": score, "steps": steps}
 
 

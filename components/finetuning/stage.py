@@ -79,7 +79,7 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
     encoded = {s: encode_glue(data[s], run.task, tokenizer, cfg.max_seq_length, gpt) for s in ("train", *eval_splits)}
     train_loader = glue_loader(encoded["train"], tokenizer, train.batch_size, True, train.seed, train.num_workers)
     val_loader = glue_loader(encoded[eval_splits[0]], tokenizer, train.batch_size, False, train.seed)
-    module = ClassificationModule(model, run.task, train)
+    module = ClassificationModule(model, run.task, train, aux_lm_weight=run.aux_lm_weight)
     metric = main_metric(run.task)
     fitted = fit(module, train_loader, val_loader, cfg, run, tracking, metric)
     best = finished_model(fitted.trainer, module, fitted.best_checkpoint)
