@@ -36,7 +36,9 @@ class DemoConfig(Section):
     seed: int = 0
     # 40 people: few enough that a tiny BERT learns their facts in a few CPU minutes.
     entities: int = Field(40, ge=20, description="people in the fictional world; places and orgs scale with it")
-    corpus_documents: int = Field(1500, ge=10, description="documents in the pretraining corpus")
+    corpus_documents: int = Field(2000, ge=10, description="documents in the pretraining corpus")
+    chinese: float = Field(0.25, ge=0, le=0.9, description="share of the corpus telling the world in Chinese; "
+                                                           "> 0 also writes sst2_zh, rte_zh, qnli_zh, dictionary_en_zh")
     glue_train: int = Field(400, ge=10, description="train rows per GLUE task")
     glue_eval: int = Field(120, ge=10, description="validation and test rows per GLUE task")
     qa_train: int = Field(400, ge=10, description="train questions for squad and squad_v2")
@@ -248,6 +250,9 @@ class BertPretrainConfig(CorpusInput):
     short_seq_prob: float = Field(0.1, ge=0, le=1, description="share of examples cut shorter, as BERT does")
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    snapshot_steps: list[int] = Field(default_factory=lambda: [0, 50, 150, 300, 500], description="steps at which the model is also exported "
+                                      "to snapshots_dir/step-<N> (0: before training): the when-BERT-learns report")
+    snapshots_dir: str = "models/bert-snapshots"
     # Masked LM learns from 15% of the tokens: it needs more steps than GPT to learn the facts.
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=500, learning_rate=2e-3,
                                                                    adam_betas=(0.9, 0.98), adam_epsilon=1e-6))
@@ -259,6 +264,11 @@ class BertPretrainConfig(CorpusInput):
                 f"max_seq_length {self.max_seq_length} exceeds model.max_position_embeddings "
                 f"{self.model.max_position_embeddings}"
             )
+        if any(s < 0 for s in self.snapshot_steps) or len(set(self.snapshot_steps)) != len(self.snapshot_steps):
+            raise ValueError(f"snapshot_steps {self.snapshot_steps}: expected distinct steps >= 0")
+        if self.snapshot_steps and self.train.strategy in ("fsdp", "deepspeed"):
+            raise ValueError(f"snapshot_steps with train.strategy {self.train.strategy}: a snapshot is one process's "
+                             "whole model; use ddp, or no snapshots")
         return self
 
 
@@ -282,9 +292,86 @@ class GptPretrainConfig(CorpusInput):
         return self
 
 
+CORRUPTIONS = ("mask", "delete", "infill", "permute", "rotate")
+
+
+class CorruptionMix(Section):
+    """BART's corruptions, weighted: each example gets one, drawn in proportion to these weights."""
+
+    mask: float = Field(0.0, ge=0, description="token masking: tokens replaced by <mask>")
+    delete: float = Field(0.0, ge=0, description="token deletion")
+    infill: float = Field(1.0, ge=0, description="text infilling: spans replaced by one <mask> each")
+    permute: float = Field(1.0, ge=0, description="sentence permutation")
+    rotate: float = Field(0.0, ge=0, description="document rotation: the text starts at a random token")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> CorruptionMix:
+        if sum(getattr(self, name) for name in CORRUPTIONS) <= 0:
+            raise ValueError(f"the weights of {', '.join(CORRUPTIONS)} sum to 0; give at least one a weight > 0")
+        return self
+
+
+class CorruptionConfig(Section):
+    """How the encoder's input is corrupted; the decoder always restores the original text."""
+
+    mix: CorruptionMix = Field(default_factory=CorruptionMix)
+    mask_rate: float = Field(0.3, gt=0, lt=1, description="token masking: share of tokens replaced by <mask>")
+    delete_rate: float = Field(0.3, gt=0, lt=1, description="token deletion: share of tokens deleted")
+    infill_rate: float = Field(0.3, gt=0, lt=1, description="text infilling: share of tokens inside masked spans")
+    span_lambda: float = Field(3.0, gt=0, le=64, description="text infilling: span lengths ~ Poisson(lambda)")
+
+
+class Seq2SeqPretrainConfig(CorpusInput):
+    """BART-style denoising: an encoder reads a corrupted document, a decoder writes the original."""
+
+    tokenizer: str = Field("data/tokenizers/gpt", description="a byte-level BPE; BART's <s> </s> <pad> <mask> "
+                                                              "are added in the exported model's own copy")
+    out_dir: str = "models/seq2seq-pretrained"
+    run_dir: str = "runs/pretrain-seq2seq"
+    metrics: str = "reports/metrics/pretrain_seq2seq.json"
+    plot: str = "reports/plots/pretrain_seq2seq_loss.png"
+    max_seq_length: int = Field(128, ge=16, description="tokens per document chunk, <s> and </s> included")
+    corruption: CorruptionConfig = Field(default_factory=CorruptionConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    # Batches of 16 whole demo documents: 150 steps in about half a minute on two CPU cores.
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=150, batch_size=16, learning_rate=2e-3,
+                                                                   adam_betas=(0.9, 0.98), adam_epsilon=1e-6,
+                                                                   warmup_steps=20))
+
+    @model_validator(mode="after")
+    def _fits_positions(self) -> Seq2SeqPretrainConfig:
+        if self.max_seq_length > self.model.max_position_embeddings:
+            raise ValueError(f"max_seq_length {self.max_seq_length} exceeds model.max_position_embeddings "
+                             f"{self.model.max_position_embeddings}")
+        return self
+
+
+class Seq2SeqAblationConfig(Section):
+    """`lmforge stage seq2seq-ablation`: each corruption alone, pretrained briefly from the same seed
+    (corpus, tokenizer, model, rates and optimizer from pretrain.seq2seq), then scored on restoring
+    held-out documents and on closed-book QA after a short fine-tune; beside random weights."""
+
+    enabled: bool = Field(True, description="false: the stage writes a report saying it did not run (a pipeline "
+                                            "without the demo world's questions or a qa_dataset)")
+    corruptions: list[Literal[CORRUPTIONS]] = Field(default_factory=lambda: list(CORRUPTIONS), min_length=1)
+    pretrain_steps: int = Field(30, ge=1, description="pretraining steps per corruption")
+    # Runs this short learn more at a higher rate than pretrain.seq2seq's (measured: 5e-3 against 2e-3).
+    pretrain_learning_rate: float = Field(5e-3, gt=0, le=1.0)
+    finetune_steps: int = Field(30, ge=1, description="closed-book QA fine-tuning steps per model")
+    finetune_batch_size: int = Field(32, ge=1)
+    finetune_learning_rate: float = Field(3e-3, gt=0, le=1.0)
+    qa_dataset: str | None = Field(None, description="an ingested dataset with question and answer columns (train "
+                                                     "and validation); empty: the demo world's questions")
+    heldout_documents: int = Field(32, ge=1, description="held-out corpus chunks restored")
+    max_new_tokens: int = Field(16, ge=1, le=512, description="QA: longest generated answer")
+    out: str = "reports/seq2seq_corruptions.json"
+    plot: str = "reports/seq2seq_corruptions.png"
+
+
 class PretrainConfig(Section):
     bert: BertPretrainConfig = Field(default_factory=BertPretrainConfig)
     gpt: GptPretrainConfig = Field(default_factory=GptPretrainConfig)
+    seq2seq: Seq2SeqPretrainConfig = Field(default_factory=Seq2SeqPretrainConfig)
 
 
 QA_TASKS = ("squad", "squad_v2")
@@ -344,6 +431,8 @@ class FinetuneConfig(FinetuneRun):
     n_best: int = Field(20, ge=1)
     null_score_threshold: float = Field(0.0, description="squad_v2: predict no answer when null - best > this")
     patience: int = Field(5, ge=1, description="early stopping: validations without improvement")
+    freeze_embeddings: bool = Field(False, description="keep the token embeddings as pretrained (helps zero-shot "
+                                                       "transfer to a language the fine-tuning never saw)")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(max_steps=-1, max_epochs=5, learning_rate=1e-3, warmup_steps=20,
                                             val_every_n_steps=50, checkpoint_every_n_steps=50)
@@ -418,6 +507,48 @@ class PromptConfig(PromptRun):
         return self
 
 
+class CrosslingualConfig(Section):
+    """`lmforge stage crosslingual`: the multilingual BERT fine-tuned on a task in one language and
+    scored on the same task in another (zero-shot), beside fine-tuning in that language, the same
+    recipe from random weights and the majority class; and the language vector (mean target-language
+    minus mean source-language embedding over the corpus) as word-translation retrieval."""
+
+    enabled: bool = Field(True, description="false: the stage writes a report saying it did not run (a "
+                                            "pipeline without a task in two languages)")
+    task: Literal[_GLUE_NAMES] = "qnli"
+    source: str = Field("qnli", description="the task's dataset in the language fine-tuned on")
+    target: str = Field("qnli_zh", description="the same task's dataset in the other language, scored zero-shot")
+    model: str = Field("models/bert-pretrained", description="the multilingual BERT (an HF folder)")
+    corpus: str = Field("corpus", description="a dataset in ingest.out_dir with documents in both languages")
+    text_column: str = "text"
+    dictionary: str = Field("dictionary_en_zh", description="a dataset with columns source, target "
+                            "(a word and its translation); '' for no retrieval part")
+    documents_per_language: int = Field(300, ge=10, description="sentences averaged for each language's mean")
+    contexts_per_word: int = Field(10, ge=1, description="corpus sentences a word's embedding is averaged over")
+    freeze_embeddings: bool = Field(True, description="fine-tune with the token embeddings frozen, so the target "
+                                                      "language's stay where pretraining put them (Wu & Dredze 2019)")
+    layer: int | None = Field(None, description="the hidden layer compared (0: embeddings, -1: the last); "
+                                                "default: the middle one")
+    run_dir: str = "runs/crosslingual"
+    out: str = "reports/crosslingual.json"
+    plot: str = "reports/crosslingual.png"
+
+
+class WhenBertLearnsConfig(Section):
+    """`lmforge stage when-bert-learns`: every snapshot of pretrain.bert.snapshot_steps scored by
+    held-out masked-word accuracy, a linear probe, a fine-tuned score and the sense separation."""
+
+    enabled: bool = Field(True, description="false: the stage writes a report saying it did not run")
+    probe_task: Literal[_GLUE_NAMES] = Field("sst2", description="the linear probe's task (frozen encoder)")
+    finetune_task: Literal[_GLUE_NAMES] = Field("qnli", description="fine-tuned from each snapshot (finetune.train)")
+    max_epochs: int | None = Field(2, ge=1, description="epochs of each snapshot's fine-tuning (empty: "
+                                                        "finetune.train.max_epochs): one score per snapshot, not the best")
+    heldout_documents: int = Field(200, ge=1, description="held-out corpus documents for masked-word accuracy")
+    run_dir: str = "runs/when-bert-learns"
+    out: str = "reports/when_bert_learns.json"
+    plot: str = "reports/when_bert_learns.png"
+
+
 class EvaluateConfig(Section):
     """`lmforge stage evaluate`: score a fine-tuned model on a split without training; and the reports."""
 
@@ -429,14 +560,26 @@ class EvaluateConfig(Section):
     # "Why BERT works": one word in sentences of different senses; its contextual embeddings compared
     why_bert_word: str = "bank"
     why_bert_sentences: list[str] = Field(
-        default_factory=lambda: [
-            "she walked along the bank of the river .",
-            "he sat by the bank of the river .",
-            "she went to the bank to borrow money .",
-            "he worked at the bank as a pilot .",
-        ],
-        min_length=2,
-    )
+        default_factory=list, description="sentences using why_bert_word, the first half in one sense, the rest in "
+        "another; empty: the demo world's 18 + 18 for 'bank', the word at the same positions in both senses")
+
+    @field_validator("why_bert_sentences")
+    @classmethod
+    def _two_or_none(cls, v: list[str]) -> list[str]:
+        if len(v) == 1:
+            raise ValueError("one sentence has nothing to be compared with; give two or more, or none for the demo's")
+        return v
+
+    def sense_sentences(self) -> list[str]:
+        """The why-BERT sentences: the configured ones, else the demo world's for 'bank'."""
+        if self.why_bert_sentences:
+            return self.why_bert_sentences
+        if self.why_bert_word.lower() != "bank":
+            raise LmforgeError(f"evaluate.why_bert_sentences: none given for why_bert_word {self.why_bert_word!r}; "
+                               "the built-in sentences are for 'bank': list sentences of two senses")
+        from components.data.world import sense_sentences
+
+        return sense_sentences()
     reports_dir: str = Field("reports", description="why_bert.{json,png}, pretrained_vs_scratch.{json,md,png}")
 
 
@@ -505,6 +648,9 @@ class Params(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    crosslingual: CrosslingualConfig = Field(default_factory=CrosslingualConfig)
+    when_bert_learns: WhenBertLearnsConfig = Field(default_factory=WhenBertLearnsConfig)
+    seq2seq_ablation: Seq2SeqAblationConfig = Field(default_factory=Seq2SeqAblationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

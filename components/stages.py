@@ -44,6 +44,21 @@ def pretrain_gpt(params: Params) -> list[Path]:
     return [run(cfg, Path(params.ingest.out_dir) / cfg.corpus, params.tracking), Path(cfg.metrics)]
 
 
+def pretrain_seq2seq(params: Params) -> list[Path]:
+    from components.pretraining.seq2seq import pretrain_seq2seq as run
+
+    cfg = params.pretrain.seq2seq
+    return [run(cfg, Path(params.ingest.out_dir) / cfg.corpus, params.tracking), Path(cfg.metrics)]
+
+
+def seq2seq_ablation(params: Params) -> list[Path]:
+    from components.evaluation.seq2seq_ablation import corruption_ablation
+
+    cfg = params.seq2seq_ablation
+    return [corruption_ablation(cfg, params.pretrain.seq2seq, Path(params.ingest.out_dir), params.tracking),
+            Path(cfg.plot)]
+
+
 def finetune(params: Params) -> list[Path]:
     """The run finetune.run names (dvc.yaml passes each configured run's name), else the one of
     finetune.task/model/init/seed; an init of models:/<name>@<alias> starts from that registered model."""
@@ -84,6 +99,19 @@ def report(params: Params) -> list[Path]:
             pretrained_vs_scratch_report(Path(params.finetune.reports_dir), out)]
 
 
+def crosslingual(params: Params) -> list[Path]:
+    from components.evaluation.crosslingual import crosslingual_report
+
+    cfg = params.crosslingual
+    return [crosslingual_report(cfg, params.finetune, Path(params.ingest.out_dir), params.tracking), Path(cfg.plot)]
+
+
+def when_bert_learns(params: Params) -> list[Path]:
+    from components.evaluation.when_bert_learns import when_bert_learns_report
+
+    return [when_bert_learns_report(params), Path(params.when_bert_learns.plot)]
+
+
 def register(params: Params) -> list[Path]:
     """registry.model into the MLflow registry through the gate; its receipt."""
     from components.registry.stage import register_model
@@ -98,10 +126,14 @@ STAGES: dict[str, Callable[[Params], list[Path]]] = {
     "tokenizer": tokenizer,
     "pretrain-bert": pretrain_bert,
     "pretrain-gpt": pretrain_gpt,
+    "pretrain-seq2seq": pretrain_seq2seq,
+    "seq2seq-ablation": seq2seq_ablation,
     "finetune": finetune,
     "prompt": prompt,
     "evaluate": evaluate,
     "report": report,
+    "crosslingual": crosslingual,
+    "when-bert-learns": when_bert_learns,
     "register": register,
 }
 
@@ -112,6 +144,7 @@ STAGES: dict[str, Callable[[Params], list[Path]]] = {
 TRAINING: dict[str, Callable[[Params], TrainConfig]] = {
     "pretrain-bert": lambda p: p.pretrain.bert.train,
     "pretrain-gpt": lambda p: p.pretrain.gpt.train,
+    "pretrain-seq2seq": lambda p: p.pretrain.seq2seq.train,
     "finetune": lambda p: p.finetune.train,
 }
 

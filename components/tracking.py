@@ -9,6 +9,14 @@ A tracking server that is down (an http(s) `tracking.uri`) costs seconds, not mi
 request retries come from `tracking.http_*`, a stage checks that the server answers before it
 trains, and a server that goes away mid-run ends the stage with one `TrackingUnavailable` naming
 the URI. What the stage wrote to disk (checkpoints, an exported model) stays.
+
+Every run lmforge creates carries the same labels as tags (`run_tags`): lmforge.task (sst2, squad,
+pretrain, ...), lmforge.model (bert, gpt, seq2seq), lmforge.init (pretrained, scratch, a folder),
+lmforge.stage (finetune, evaluate, prompt, pretrain, register, flow, ...) and lmforge.flow_run (the
+Prefect flow run id, empty outside a flow), "" where a label does not apply; MLflow's UI filters and
+groups by them, and `lmforge compare` groups by task and model. Fine-tuning and evaluation runs log
+the data they read as MLflow dataset inputs (`log_data`), and every experiment lmforge creates is
+marked a model-training experiment (`EXPERIMENT_KIND_TAG`), so MLflow 3's UI opens on its runs.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from time import sleep
 from typing import Any
@@ -32,18 +41,32 @@ log = logging.getLogger(__name__)
 # finds it in the environment.
 PARENT_RUN_ENV = "LMFORGE_PARENT_RUN_ID"
 parent_run: ContextVar[str | None] = ContextVar("lmforge_parent_run", default=os.environ.get(PARENT_RUN_ENV) or None)
+# The Prefect flow run's id, likewise (flows/pipeline.py's flow_tracking sets both).
+FLOW_RUN_ENV = "LMFORGE_FLOW_RUN_ID"
+flow_run: ContextVar[str | None] = ContextVar("lmforge_flow_run", default=os.environ.get(FLOW_RUN_ENV) or None)
+
+# What a run is, as tags every lmforge run carries: MLflow's UI and `lmforge compare` group by them.
+TASK_TAG, MODEL_TAG, INIT_TAG, STAGE_TAG, FLOW_RUN_TAG = (
+    "lmforge.task", "lmforge.model", "lmforge.init", "lmforge.stage", "lmforge.flow_run")
+# MLflow 3's UI opens an experiment by its kind; without the tag it may take it for a GenAI one
+# (traces overview). custom_model_development: runs, metrics, models.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
-def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Tags for a new stage run: nested under the current flow run, if any; owned by this process."""
-    tags = {**owner_tags(), **(extra or {})}
+def run_tags(extra: dict[str, str] | None = None, *, task: str = "", model: str = "", init: str = "",
+             stage: str = "") -> dict[str, str]:
+    """Tags for a new stage run: what it is (task, model, init, stage, the flow run it belongs to),
+    nested under the current flow run, if any; owned by this process. `extra` wins."""
+    tags = {**owner_tags(), TASK_TAG: task, MODEL_TAG: model, INIT_TAG: str(init), STAGE_TAG: stage,
+            FLOW_RUN_TAG: flow_run.get() or "", **(extra or {})}
     if parent := parent_run.get():
         tags["mlflow.parentRunId"] = parent
     return tags
 
 
-def mlflow_logger(tracking: TrackingConfig, run_name: str):
+def mlflow_logger(tracking: TrackingConfig, run_name: str, **labels: str):
     """Lightning's MLFlowLogger on `tracking.uri` for a new run, or None when tracking is off.
+    `labels` (task, model, init, stage) become the run's tags (`run_tags`).
 
     Every process of a multi-process run has one; the run itself is created when global rank 0
     first uses it (training/trainer.py's RunRecord). A resumed stage gets a new run too, tagged
@@ -59,15 +82,17 @@ def mlflow_logger(tracking: TrackingConfig, run_name: str):
         client = tracking_client(tracking, run_name)
         fail_dead_runs(client, experiment_id(client, tracking.experiment))
     logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=tracking.uri, run_name=run_name,
-                          log_model=False, tags=run_tags())
+                          log_model=False, tags=run_tags(**labels))
     # Every request the logger makes (run creation, metrics, finalize) goes through this client.
     logger._mlflow_client = GuardedClient(logger._mlflow_client, tracking, run_name)
     return logger
 
 
 @contextlib.contextmanager
-def client_run(tracking: TrackingConfig, run_name: str, tags: dict[str, str] | None = None) -> Iterator[tuple[Any, str]]:
+def client_run(tracking: TrackingConfig, run_name: str, tags: dict[str, str] | None = None,
+               **labels: str) -> Iterator[tuple[Any, str]]:
     """(MlflowClient, run_id) of a new run, ended FINISHED, or FAILED if the block raises.
+    `labels` (task, model, init, stage) become the run's tags (`run_tags`), with `tags`.
 
     Through the client, not `mlflow.start_run`, so no process-wide active run leaks between
     stages that share a process (flow tasks run in threads).
@@ -76,7 +101,7 @@ def client_run(tracking: TrackingConfig, run_name: str, tags: dict[str, str] | N
     client = tracking_client(tracking, run_name)
     experiment = experiment_id(client, tracking.experiment)
     fail_dead_runs(client, experiment)
-    run = client.create_run(experiment, run_name=run_name, tags=run_tags(tags))
+    run = client.create_run(experiment, run_name=run_name, tags=run_tags(tags, **labels))
     try:
         yield client, run.info.run_id
     except BaseException as error:
@@ -87,19 +112,22 @@ def client_run(tracking: TrackingConfig, run_name: str, tags: dict[str, str] | N
 
 
 def experiment_id(client, name: str) -> str:
-    """The id of experiment `name`, created if missing; safe when several processes create it at once."""
+    """The id of experiment `name`, created if missing (a model-training experiment: EXPERIMENT_KIND_TAG);
+    safe when several processes create it at once. One created before the tag existed gets it."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri))
-    except MlflowException:  # another process created it between the lookup and here
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException:  # another process created it between the lookup and here
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind chosen in the UI stays
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def artifact_root(uri: str) -> str | None:
@@ -279,3 +307,63 @@ def fail_if_dead(client, run) -> bool:
     log.warning("MLflow run %s (%s) was left RUNNING by process %s, which is gone: marked FAILED",
                 run.info.run_id, run.info.run_name, pid)
     return True
+
+
+# ------------------------------------------------------------------ the data a run used
+
+
+@dataclass(frozen=True)
+class DataUsed:
+    """The data a run read, for MLflow's dataset inputs (the UI's Dataset column)."""
+
+    name: str                               # the dataset's name: its folder under data/raw, e.g. sst2
+    folder: Path                            # the ingested dataset, a folder per split
+    splits: tuple[tuple[str, str, Any], ...]  # (context, split, datasets.Dataset): ("training", "train", ...)
+
+
+def data_used(folder: str | Path, data, splits: list[str] | tuple[str, ...]) -> DataUsed:
+    """`splits` of the ingested dataset `data` (a DatasetDict) read from `folder`, each in its context:
+    train -> training, validation* -> validation, test* -> testing."""
+    def context(split: str) -> str:
+        for prefix, name in (("train", "training"), ("validation", "validation"), ("test", "testing")):
+            if split.startswith(prefix):
+                return name
+        return split
+
+    folder = Path(folder)
+    return DataUsed(folder.name, folder, tuple((context(s), s, data[s]) for s in dict.fromkeys(splits)))
+
+
+def log_data(client, run_id: str, used: DataUsed) -> None:
+    """Log each split of `used` as an MLflow dataset input of the run: named after the dataset, tagged
+    with its context (mlflow.data.context), its digest the DVC hash of the split's folder (what
+    dvc.lock records for it), else MLflow's own digest of its rows. A split's own digest: MLflow keeps
+    one dataset per (name, digest), so training and validation must not share one; two splits with
+    the same rows (one folder's copy of another) are told apart by name, <name>-<split>."""
+    import warnings
+
+    import mlflow.data.huggingface_dataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from components.versioning import dvc_hash
+
+    inputs, seen = [], set()
+    for context, split, dataset in used.splits:
+        folder = used.folder / split
+        digest = dvc_hash(folder) if folder.is_dir() else None
+        name = used.name if digest is None or digest not in seen else f"{used.name}-{split}"
+        seen.add(digest)
+        options = dict(name=name, digest=digest, targets="label" if "label" in dataset.column_names else None)
+        with warnings.catch_warnings():  # MLflow's schema inference warns about integer columns (labels)
+            warnings.simplefilter("ignore")
+            try:  # the folder as the dataset's source (MLflow's local-artifact source)
+                found = mlflow.data.huggingface_dataset.from_huggingface(dataset, source=str(folder.resolve()),
+                                                                        **options)
+            except MlflowException:  # a path no source resolver takes: the code that ran, MLflow's default
+                found = mlflow.data.huggingface_dataset.from_huggingface(dataset, **options)
+            entity = found._to_mlflow_entity()
+        inputs.append(DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context),
+                                            InputTag("lmforge.split", split)]))
+    client.log_inputs(run_id, inputs)

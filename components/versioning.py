@@ -168,3 +168,23 @@ def tree_hash(path: str | Path, pattern: str = "*") -> str:
         digest.update(file.relative_to(root).as_posix().encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def dvc_hash(path: str | Path) -> str:
+    """The md5 DVC gives a file or folder (DVC 3, `hash: md5`), as dvc.lock records it for an output or
+    dependency with these contents: a folder's is the md5 of its manifest, the sorted list of
+    {md5, relpath} of its files, with ".dir" appended. Computed here, so it is that of the files as
+    they are now, not of those a stage last recorded."""
+    def file_md5(file: Path) -> str:
+        digest = hashlib.md5()
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    root = Path(path)
+    if root.is_file():
+        return file_md5(root)
+    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+    manifest = [{"md5": file_md5(p), "relpath": rel} for rel, p in files]
+    return hashlib.md5(json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"

@@ -28,13 +28,15 @@ from components import stages as S
 from components.config import DEFAULT_PARAMS, FinetuneRun, Params, load_params, write_params
 from components.errors import LmforgeError
 from components.tracking import client_run, parent_run
+from components.tracking import flow_run as flow_run_id
 from components.versioning import DvcProject
 from flows.tasks import StageOutcome, metrics_summary, run_stage, stage_options
 
 
 @contextlib.contextmanager
 def flow_tracking(params: Params, flow_name: str) -> Iterator[Params]:
-    """Params whose stages log into this flow's experiment, nested under one parent run."""
+    """Params whose stages log into this flow's experiment, nested under one parent run; every run
+    opened meanwhile is tagged with the Prefect flow run's id (lmforge.flow_run)."""
     from prefect.runtime import flow_run
 
     tracking = params.tracking.model_copy(update={"experiment": f"{params.tracking.experiment}-{flow_name}"})
@@ -44,12 +46,16 @@ def flow_tracking(params: Params, flow_name: str) -> Iterator[Params]:
         return
     tags = {"prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_url": str(flow_run.ui_url or ""),
             "prefect.flow": flow_name}
-    with client_run(tracking, str(flow_run.name or flow_name), tags) as (_, run_id):
-        token = parent_run.set(run_id)
-        try:
-            yield params
-        finally:
-            parent_run.reset(token)
+    flow_token = flow_run_id.set(str(flow_run.id or "") or None)
+    try:
+        with client_run(tracking, str(flow_run.name or flow_name), tags, stage="flow") as (_, run_id):
+            token = parent_run.set(run_id)
+            try:
+                yield params
+            finally:
+                parent_run.reset(token)
+    finally:
+        flow_run_id.reset(flow_token)
 
 
 def resolve_params(params: Params | None, params_file: str, overrides: list[str] | None = None) -> Params:

@@ -89,14 +89,15 @@ def run_command(planned: PlannedStage, logger) -> list[Path]:
 
     import yaml
 
-    from components.tracking import PARENT_RUN_ENV, parent_run
+    from components.tracking import FLOW_RUN_ENV, PARENT_RUN_ENV, flow_run, parent_run
 
     from components.cli import OUTPUTS_ENV
 
     with tempfile.TemporaryDirectory(prefix=".lmforge-stage-", dir=".") as tmp:
         params_file, outputs = Path(tmp) / "params.yaml", Path(tmp) / "outputs.json"
         params_file.write_text(yaml.safe_dump(planned.params.model_dump(mode="json"), sort_keys=False))
-        env = {**os.environ, PARENT_RUN_ENV: parent_run.get() or "", OUTPUTS_ENV: str(outputs)}
+        env = {**os.environ, PARENT_RUN_ENV: parent_run.get() or "", FLOW_RUN_ENV: flow_run.get() or "",
+               OUTPUTS_ENV: str(outputs)}
         command = [sys.executable, "-m", "components.cli", "stage", planned.name, "-p", str(params_file)]
         logger.info("%s: %d processes: %s", planned.dvc_name, planned.processes, " ".join(command[2:]))
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

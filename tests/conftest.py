@@ -199,7 +199,7 @@ def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs:
     params["ingest"]["demo"].update(SMALL_DEMO)
     params["tokenizer"]["bert"]["vocab_size"] = 500
     params["tokenizer"]["gpt"]["vocab_size"] = 500
-    for model in ("bert", "gpt"):
+    for model in ("bert", "gpt", "seq2seq"):
         params["pretrain"][model]["model"] = {**params["pretrain"][model]["model"], **TINY_MODEL}
         params["pretrain"][model]["train"] = {**params["pretrain"][model]["train"], **FAST_TRAIN}
     params["finetune"]["runs"] = finetune_runs if finetune_runs is not None else {
@@ -207,6 +207,9 @@ def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs:
         "gpt-sst2": {"task": "sst2", "model": "gpt", "init": "pretrained"},
         "bert-squad": {"task": "squad", "model": "bert", "init": "pretrained"}}
     params["finetune"]["train"] = {**params["finetune"]["train"], "max_epochs": 1}
+    params["seq2seq_ablation"].update({"pretrain_steps": 2, "finetune_steps": 2, "heldout_documents": 4})
+    params["pretrain"]["bert"]["snapshot_steps"] = [0, 20]
+    params["crosslingual"].update({"documents_per_language": 20, "contexts_per_word": 2})
     params["prompt"]["runs"] = prompt_runs if prompt_runs is not None else {
         "gpt-0shot-sst2": {"task": "sst2", "shots": 0, "init": "pretrained"}}
     params["prompt"]["max_eval_examples"] = 10

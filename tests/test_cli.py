@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from components.cli import main
@@ -31,3 +32,54 @@ def test_missing_corpus_is_a_user_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "corpus not found; run `lmforge stage ingest` first" in err
     assert err.count("\n") == 1
+
+
+def test_a_flow_ends_with_a_summary_that_answers(tmp_path):
+    """One line per stage with its headline number, what pretraining bought, the registrations and
+    where to look next."""
+    import json
+
+    from components.cli import summary
+    from components.config import Params
+
+    (tmp_path / "m.json").write_text(json.dumps({"score": 0.875}))
+    (tmp_path / "pretrained_vs_scratch.json").write_text(json.dumps({"rows": [
+        {"model": "bert", "task": "qnli", "main_metric": "accuracy", "pretrained": 0.93, "scratch": 0.75,
+         "verdict": "pretrained better"}]}))
+    params = Params.model_validate({"evaluate": {"reports_dir": str(tmp_path)}})
+    result = {"stages": [
+        {"stage": "finetune@bert-qnli", "status": "ran", "reason": "params changed", "seconds": 12.34,
+         "outputs": [str(tmp_path / "m.json")]},
+        {"stage": "ingest", "status": "skipped", "reason": "up to date", "seconds": 0.1, "outputs": []}],
+        "registered": [{"model": "lmforge-bert-qnli", "version": 2, "promoted": True, "metric": "accuracy",
+                        "value": 0.875, "reason": "beats champion v1"}]}
+    lines = summary(result, params).splitlines()
+    assert lines[0].split() == ["finetune@bert-qnli", "ran", "12.3s", "params", "changed", "[m", "0.875]"]
+    assert lines[1].split() == ["ingest", "skipped", "0.1s", "up", "to", "date"]
+    assert "  bert  qnli       accuracy               0.930 vs 0.750  pretrained better" in lines
+    assert "  lmforge-bert-qnli v2: champion now (accuracy 0.8750; beats champion v1)" in lines
+    assert lines[-1].startswith("1 stage(s) ran, 1 skipped.") and "mlflow ui --backend-store-uri" in lines[-1]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_known_library_chatter_is_turned_down_at_its_source_and_verbose_brings_it_back(verbose):
+    """Lightning's per-run INFO lines (imported after configure, which resets its logger), the
+    pytree deprecation warning and datasets' bars are off by default; warnings still show."""
+    import subprocess
+    import sys
+
+    code = f"""
+import logging, warnings
+from components.console import configure
+configure({verbose})
+import datasets, lightning.pytorch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+rank_zero_info("GPU available: False")
+warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").warning("a real warning")
+print("bars", datasets.is_progress_bar_enabled())
+"""
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, check=True)
+    assert "a real warning" in done.stderr
+    assert ("GPU available" in done.stderr) == verbose and ("LeafSpec" in done.stderr) == verbose
+    assert done.stdout.strip() == f"bars {verbose}"

@@ -124,3 +124,15 @@ def test_a_run_with_its_own_seed_is_named_for_it_and_picked_by_name():
     assert top.name == "bert-rte-seed3"
     with pytest.raises(LmforgeError, match=r"finetune: run 'bert-rte' is not in finetune.runs \(known: bert-qnli\)"):
         validate_params({"finetune": {"run": "bert-rte", "runs": {"bert-qnli": {"task": "qnli"}}}})
+
+
+def test_the_architecture_page_draws_every_stage_of_dvc_yaml():
+    """docs/architecture.md's graph is written by hand: it must name every stage dvc.yaml has."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    page = (REPO / "docs" / "architecture.md").read_text()
+    graph = page[page.index("```mermaid"):page.index("```", page.index("```mermaid") + 3)]
+    assert [s for s in stages if s not in graph] == []

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from components.config import DemoConfig
-from components.data.demo import build_demo
+from components.data.demo import build_demo, demo_task
 from components.data.schemas import GLUE_TASKS, task_features, validate
 from components.data.world import build_world
 
@@ -25,11 +25,12 @@ def corpus_text(demo):
 
 
 def test_every_dataset_has_the_hub_schema_and_splits(demo):
-    assert set(demo) == {"corpus", *GLUE_TASKS, "squad", "squad_v2", "conll2003"}
+    assert set(demo) == {"corpus", *GLUE_TASKS, "squad", "squad_v2", "conll2003", "sst2_zh", "rte_zh", "qnli_zh",
+                         "dictionary_en_zh"}
     for name, data in demo.items():
-        validate(data, name, "demo")
+        validate(data, demo_task(name), "demo")
         for split in data.values():
-            assert split.features == task_features(name), name
+            assert split.features == task_features(demo_task(name)), name
     assert list(demo["mnli"]) == ["train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]
     assert set(demo["rte"]["test"]["label"]) == {-1} and set(demo["stsb"]["test"]["label"]) == {-1.0}
     assert demo["cola"]["validation"]["idx"] == list(range(40))
@@ -40,7 +41,8 @@ def test_same_seed_same_data_other_seed_other_data(demo):
     other = build_demo(SMALL.model_copy(update={"seed": 1}))
     for name in demo:
         assert demo[name]["train"].to_list() == again[name]["train"].to_list(), name
-        assert demo[name]["train"].to_list() != other[name]["train"].to_list(), name
+        if name != "dictionary_en_zh":  # the world's words, whatever the seed
+            assert demo[name]["train"].to_list() != other[name]["train"].to_list(), name
 
 
 @pytest.mark.parametrize("task", [t for t in GLUE_TASKS if t != "stsb"])
@@ -140,3 +142,37 @@ def test_fact_probes_mask_one_fact_stated_nowhere_else_in_the_text():
         assert text.count("[MASK]") == 1 and answer not in text
     assert candidates(world, "birth_city") == {c.name for c in world.cities}
     assert fact_probes(world, seed=0) == probes
+
+
+def test_the_world_is_told_in_chinese_with_the_same_facts_and_no_translated_pairs(demo):
+    """A quarter of the corpus is Chinese; each Chinese biography states its person's facts (names in
+    Latin letters, common words in Chinese), and no document holds both languages' sentences."""
+    import random
+
+    from components.data.world import CHINESE, biography, biography_zh
+
+    docs = demo["corpus"]["train"]["text"]
+    chinese = [d for d in docs if "。" in d]
+    assert 0.2 < len(chinese) / len(docs) < 0.35
+    world = build_world(SMALL.seed, SMALL.entities)
+    for p in world.people[:10]:
+        zh, en = biography_zh(p, random.Random(1)), biography(p, random.Random(1))
+        for fact in (p.name, str(p.birth_year), p.birth_city.name, p.birth_city.country.name, p.home_city.name,
+                     p.employer.name):
+            assert fact in zh and fact in en
+        for word in (p.profession, p.food, p.hobby, p.employer.field):
+            assert CHINESE[word] in zh and word in en and word not in zh
+        assert ("她" if p.gender == "f" else "他") in zh
+    assert not any(re.search(r"\b(was|the|in)\b", d) for d in chinese if "出生" in d)  # no English sentence inside
+    # The same tasks in Chinese, about the same people: an RTE row's entailment follows the same fact.
+    by_name = {p.name: p for p in world.people}
+    for row in demo["rte_zh"]["validation"]:
+        person = by_name[row["sentence1"].split("在")[0].split("出生")[0]]
+        if "出生" in row["sentence1"]:
+            country = row["sentence2"].removeprefix(person.name + "出生在").rstrip("。")
+            assert (row["label"] == 0) == (country == person.birth_city.country.name)
+    assert set(demo["qnli_zh"]["train"]["label"]) == {0, 1} and set(demo["sst2_zh"]["train"]["label"]) == {0, 1}
+    pairs = dict(zip(demo["dictionary_en_zh"]["train"]["source"], demo["dictionary_en_zh"]["train"]["target"]))
+    assert pairs["chemist"] == "化学家" and len(pairs) == len(CHINESE)
+    english_only = build_demo(SMALL.model_copy(update={"chinese": 0.0}))
+    assert "qnli_zh" not in english_only and not any("中学毕业后" in d for d in english_only["corpus"]["train"]["text"])

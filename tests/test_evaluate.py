@@ -188,3 +188,7 @@ def test_tracking_logs_a_run_with_metrics_and_plots(workspace, tmp_path):
     assert run.data.metrics["validation/accuracy"] == report["validation"]["accuracy"]
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/confusion_validation.png"} <= logged
+    assert {k: run.data.tags[k] for k in ("lmforge.task", "lmforge.model", "lmforge.init", "lmforge.stage")} == {
+        "lmforge.task": "sst2", "lmforge.model": "bert", "lmforge.init": "pretrained", "lmforge.stage": "evaluate"}
+    assert [(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+            for i in run.inputs.dataset_inputs] == [("sst2", "validation")]

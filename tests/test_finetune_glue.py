@@ -129,3 +129,18 @@ def test_gpt1_auxiliary_lm_loss_is_the_lm_heads_loss_and_trains_with_the_head(wo
     assert len(calls) == 6  # every training step added the LM term
     with pytest.raises(ValueError, match=r"aux_lm_weight 0.5: the auxiliary LM loss is GPT's"):
         FinetuneRun(task="sst2", model="bert", aux_lm_weight=0.5)
+
+
+def test_frozen_embeddings_stay_as_pretrained_while_the_rest_trains(workspace, monkeypatch):
+    import torch
+    from transformers import AutoModel
+
+    monkeypatch.chdir(workspace)
+    cfg = config(workspace, freeze_embeddings=True, reports_dir=str(workspace / "frozen"),
+                 models_dir=str(workspace / "models"))
+    out = finetune_glue(cfg, FinetuneRun(task="rte", seed=3), workspace / "raw", OFF)
+    start = AutoModel.from_pretrained(workspace / "models" / "bert-pretrained")
+    tuned = AutoModelForSequenceClassification.from_pretrained(out).bert
+    assert torch.equal(start.embeddings.word_embeddings.weight, tuned.embeddings.word_embeddings.weight)
+    assert not torch.equal(start.encoder.layer[0].attention.self.query.weight,
+                           tuned.encoder.layer[0].attention.self.query.weight)

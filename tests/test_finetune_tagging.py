@@ -122,3 +122,8 @@ def test_scores_and_report_reach_the_mlflow_run(workspace, monkeypatch, tmp_path
     # The validation curve: one point per validation pass (every 3 of the 6 steps).
     assert len(client.get_metric_history(run.info.run_id, "val/f1")) == 2
     assert [a.path for a in client.list_artifacts(run.info.run_id, "reports")] == ["reports/bert-scratch-conll2003.json"]
+    assert (run.data.tags["lmforge.task"], run.data.tags["lmforge.init"]) == ("conll2003", "scratch")
+    contexts = {i.dataset.name: set() for i in run.inputs.dataset_inputs}
+    for i in run.inputs.dataset_inputs:
+        contexts[i.dataset.name] |= {t.value for t in i.tags if t.key == "mlflow.data.context"}
+    assert contexts == {"conll2003": {"training", "validation", "testing"}}  # its test split has tags

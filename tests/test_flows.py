@@ -47,10 +47,11 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     assert not [line for line in logged if "LOAD_GLOBAL" in line or "RESUME" in line]
     statuses = {s["stage"]: s["status"] for s in first["stages"]}
     assert statuses == {name: "ran" for name in [
-        "ingest", "tokenizer", "pretrain-bert", "pretrain-gpt", "finetune@bert-rte", "finetune@gpt-sst2",
+        "ingest", "tokenizer", "pretrain-bert", "pretrain-gpt", "pretrain-seq2seq", "seq2seq-ablation",
+        "finetune@bert-rte", "finetune@gpt-sst2",
         "finetune@bert-squad", "prompt@gpt-0shot-sst2", "evaluate@bert-rte", "evaluate@gpt-sst2", "evaluate@bert-squad",
-        "report", "register@bert-rte", "register@gpt-sst2", "register@bert-squad", "register-pretrained@bert",
-        "register-pretrained@gpt"]}
+        "report", "crosslingual", "when-bert-learns", "register@bert-rte", "register@gpt-sst2", "register@bert-squad",
+        "register-pretrained@bert", "register-pretrained@gpt", "register-pretrained@seq2seq"]}
     # The flow runs dvc.yaml's graph in its order: each stage after those whose outputs it reads.
     order = [s["stage"] for s in first["stages"]]
     assert order.index("evaluate@bert-rte") < order.index("register@bert-rte") > order.index("finetune@bert-rte")
@@ -70,7 +71,7 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     # Registry: a version per model, candidate + champion (the first wins), lineage tags.
     registered = {r["model"]: r for r in first["registered"]}
     assert set(registered) == {"lmforge-bert-rte", "lmforge-gpt-sst2", "lmforge-bert-squad",
-                               "lmforge-bert-pretrained", "lmforge-gpt-pretrained"}
+                               "lmforge-bert-pretrained", "lmforge-gpt-pretrained", "lmforge-seq2seq-pretrained"}
     commit = sh("git", "rev-parse", "HEAD", cwd=root).strip()
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     version = client.get_model_version_by_alias("lmforge-bert-rte", "champion")

@@ -26,13 +26,14 @@ def corpus(tmp_path):
     return path
 
 
-def bert_cfg(tmp_path, tokenizers_dir, name="bert", **train):
+def bert_cfg(tmp_path, tokenizers_dir, name="bert", snapshot_steps=(), **train):
     train = {"max_steps": 12, "batch_size": 8, "val_every_n_steps": 6, "checkpoint_every_n_steps": 4,
              "log_every_n_steps": 2, "warmup_steps": 2, **train}
     return BertPretrainConfig.model_validate({
         "tokenizer": str(tokenizers_dir / "bert"), "out_dir": str(tmp_path / name), "run_dir": str(tmp_path / "runs" / name),
         "metrics": str(tmp_path / f"{name}.json"), "plot": str(tmp_path / f"{name}.png"),
         "max_seq_length": 48, "model": TINY, "train": train,
+        "snapshot_steps": list(snapshot_steps), "snapshots_dir": str(tmp_path / "snapshots" / name),
     })
 
 
@@ -44,9 +45,12 @@ class Crash(Exception):
 
 
 def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, corpus, monkeypatch):
-    stages.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir, "straight"), corpus, OFF)
+    """Weights, metrics and the snapshots kept along the way (step 10's written before the kill and
+    again after the resume from step 8) are those of a run never stopped."""
+    steps = (0, 4, 10, 12)
+    stages.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir, "straight", steps), corpus, OFF)
 
-    killed = bert_cfg(tmp_path, tokenizers_dir, "killed")
+    killed = bert_cfg(tmp_path, tokenizers_dir, "killed", steps)
     original = BertPretrainModule.training_step
 
     def crash_at_step_10(self, batch, batch_idx):
@@ -70,6 +74,14 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, co
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-5)
+    for step in steps:
+        a, b = (load_file(tmp_path / "snapshots" / n / f"step-{step}" / "model.safetensors") for n in ("straight", "killed"))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), step
+    first, last = (load_file(tmp_path / "snapshots/straight" / f"step-{s}" / "model.safetensors") for s in (0, 12))
+    final = load_file(tmp_path / "straight" / "model.safetensors")
+    assert all(torch.equal(last[k], final[k]) for k in final)  # the last snapshot is the export
+    assert not all(torch.equal(first[k], final[k]) for k in final)
+    assert sorted(p.name for p in (tmp_path / "snapshots/straight").iterdir()) == ["step-0", "step-10", "step-12", "step-4"]
 
 
 def test_non_finite_loss_stops_with_the_step_and_exports_nothing(tmp_path, tokenizers_dir, corpus, monkeypatch):
@@ -122,3 +134,18 @@ def test_gpt_trains_exports_and_logs_to_mlflow(tmp_path, tokenizers_dir, corpus)
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 5
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/gpt.png"}
+
+
+def test_progress_bar_counts_epochs_from_one_out_of_what_max_steps_makes():
+    """Every run stops at max_steps (max_epochs -1): Lightning's own bar said "Epoch 0/-2"."""
+    from types import SimpleNamespace
+
+    from components.training.trainer import ProgressBar
+
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(num_training_batches=13, max_steps=65, accumulate_grad_batches=1)
+    assert bar._get_train_description(0).strip() == "Epoch 1/5"
+    bar._trainer = SimpleNamespace(num_training_batches=13, max_steps=66, accumulate_grad_batches=2)
+    assert bar._get_train_description(4).strip() == "Epoch 5/11"
+    bar._trainer = SimpleNamespace(num_training_batches=float("inf"), max_steps=500, accumulate_grad_batches=1)
+    assert bar._get_train_description(0).strip() == "Epoch 1"  # an iterable of unknown length

@@ -219,3 +219,8 @@ def test_generations_in_metrics_and_mlflow_run(workspace, tmp_path):
     assert run.data.params["shots"] == "2" and run.data.params["task"] == "rte"
     assert run.data.metrics["validation/accuracy"] == pytest.approx(metrics["validation"]["accuracy"])
     assert "majority_baseline/validation/accuracy" in run.data.metrics
+    assert (run.data.tags["lmforge.task"], run.data.tags["lmforge.model"], run.data.tags["lmforge.stage"]) == (
+        "rte", "gpt", "prompt")
+    # This rte's validation rows are its train rows: the same digest, so a name of its own.
+    assert sorted((i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+                  for i in run.inputs.dataset_inputs) == [("rte", "training"), ("rte-validation", "validation")]

@@ -146,10 +146,12 @@ def pretrained_dir(tokenizers_dir, tmp_path):
 
 
 def test_why_bert_similarities(pretrained_dir, tmp_path):
-    cfg = EvaluateConfig()
+    four = ["she walked along the bank of the river .", "he sat by the bank of the river .",
+            "she went to the bank to borrow money .", "he worked at the bank as a pilot ."]
+    cfg = EvaluateConfig(why_bert_sentences=four)
     path = why_bert_report(cfg, pretrained_dir, tmp_path / "out")
     report = json.loads(path.read_text())
-    assert report["word"] == "bank" and report["sentences"] == cfg.why_bert_sentences
+    assert report["word"] == "bank" and report["sentences"] == four
     assert report["senses"] == ["A", "A", "B", "B"]
     for name in ("pretrained", "scratch", "static"):
         sims = np.array(report[name]["similarity"])
@@ -167,6 +169,17 @@ def test_why_bert_similarities(pretrained_dir, tmp_path):
     again = json.loads(why_bert_report(cfg, pretrained_dir, tmp_path / "again").read_text())
     assert again["scratch"] == report["scratch"]
     assert (tmp_path / "out" / "why_bert.png").stat().st_size > 5000
+
+
+def test_why_bert_default_sentences_hold_the_word_at_the_same_positions_in_both_senses(pretrained_dir, tmp_path):
+    """The default: the demo world's 18 + 18 sentences; each river-bank sentence has a money-bank
+    one with "bank" at the very same token positions, so position cannot tell the senses apart."""
+    report = json.loads(why_bert_report(EvaluateConfig(), pretrained_dir, tmp_path / "out").read_text())
+    assert report["senses"] == ["A"] * 18 + ["B"] * 18
+    assert report["positions"][:18] == report["positions"][18:]
+    assert len({tuple(p) for p in report["positions"]}) >= 4  # and at several positions
+    with pytest.raises(LmforgeError, match=r"none given for why_bert_word 'bat'; the built-in sentences are for 'bank'"):
+        why_bert_report(EvaluateConfig(why_bert_word="bat"), pretrained_dir, tmp_path / "bat")
 
 
 def test_why_bert_word_missing_from_a_sentence(pretrained_dir, tmp_path):

@@ -59,7 +59,7 @@ def versions(client, name: str) -> dict[int, object]:
     return {int(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
 
 
-def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypatch, prefect_api):
+def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypatch, prefect_api, capsys):
     import mlflow
 
     root = make_project(tmp_path, finetune_runs={"bert-sst2": {"task": "sst2", "model": "bert", "init": "pretrained"}},
@@ -70,6 +70,10 @@ def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypat
         {"name": "corpus", "source": "local", "format": "text", "data_files": "corpus/*.txt", "text_unit": "line"},
         {"name": "sst2", "source": "local", "format": "glue_tsv", "data_files": "glue_data/SST-2", "task": "sst2"}]
     params["ingest"]["validation"] = {"fraction": 0.2, "seed": 0}
+    # One language: no cross-lingual report; when-BERT-learns on the user's own task.
+    params["crosslingual"]["enabled"] = False
+    params["seq2seq_ablation"]["enabled"] = False  # no questions with answers among the user's files
+    params["when_bert_learns"].update({"probe_task": "sst2", "finetune_task": "sst2"})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rng = random.Random(0)
     write_user_files(root, rng, 0, 20)
@@ -123,10 +127,15 @@ def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypat
     assert float(gpt[2].tags["gate.champion_value"]) == pytest.approx(today, rel=1e-5)
     assert today != pytest.approx(float(gpt[1].tags["metric.value"]), rel=1e-6)
 
-    # 3. Nothing changed since: retrain reruns nothing and registers nothing; DVC is clean.
+    # 3. Nothing changed since: retrain reruns nothing and registers nothing; DVC is clean, and the
+    #    pipeline says so at once, as `dvc repro` would, without starting a flow.
     lmforge("flow", "retrain")
     assert all(sorted(versions(client, n)) == [1, 2] for n in names)
     assert "Data and pipelines are up to date." in sh("dvc", "status", cwd=root)
+    capsys.readouterr()
+    lmforge("pipeline")
+    assert capsys.readouterr().out == ("pipeline: every stage is up to date (dvc status): nothing to run; "
+                                       "--force runs them again\n")
 
 
 def test_a_pipeline_of_only_gpt_then_only_pretraining(tmp_path, monkeypatch, prefect_api):
@@ -143,7 +152,8 @@ def test_a_pipeline_of_only_gpt_then_only_pretraining(tmp_path, monkeypatch, pre
 
     everything = pipeline(params_file="params.yaml")
     ran = {s["stage"] for s in everything["stages"] if s["status"] == "ran"}
-    assert ran == {"pretrain-bert", "report", "register-pretrained@bert"}
+    assert ran == {"pretrain-bert", "pretrain-seq2seq", "report", "crosslingual", "when-bert-learns",
+                   "seq2seq-ablation", "register-pretrained@bert", "register-pretrained@seq2seq"}
     report = json.loads((root / "reports" / "pretrained_vs_scratch.json").read_text())
     assert report["rows"] == [] and (root / "reports" / "why_bert.json").exists()
     assert "Data and pipelines are up to date." in sh("dvc", "status", cwd=root)

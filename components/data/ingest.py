@@ -33,10 +33,10 @@ def ingest(cfg: IngestConfig, out_dir: Path, base_dir: Path = Path(".")) -> Path
     collected: dict[str, tuple[DatasetDict, dict]] = {}
     with quiet_progress():  # a bad file then prints its one error line, not progress bars before it
         if cfg.demo.enabled:
-            from components.data.demo import build_demo
+            from components.data.demo import build_demo, demo_task
 
             for name, data in build_demo(cfg.demo).items():
-                task = name  # the demo names each dataset after its task
+                task = demo_task(name)
                 validate(data, task, f"demo:{name}")
                 collected[name] = (data, {"source": "demo", "task": task, "demo": cfg.demo.model_dump()})
         for source in cfg.sources:

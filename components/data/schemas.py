@@ -80,7 +80,10 @@ CONLL_FEATURES = Features(
 
 CORPUS_FEATURES = Features({"text": Value("string")})
 
-TASKS = (*GLUE_TASKS, "squad", "squad_v2", "conll2003", "corpus")
+# A bilingual dictionary (one word and its translation per row): what the cross-lingual report's
+# word-retrieval part looks translations up in.
+DICTIONARY_FEATURES = Features({"source": Value("string"), "target": Value("string")})
+TASKS = (*GLUE_TASKS, "squad", "squad_v2", "conll2003", "corpus", "dictionary")
 
 
 def task_features(task: str) -> Features:
@@ -92,6 +95,8 @@ def task_features(task: str) -> Features:
         return CONLL_FEATURES
     if task == "corpus":
         return CORPUS_FEATURES
+    if task == "dictionary":
+        return DICTIONARY_FEATURES
     raise LmforgeError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
 
 
@@ -119,6 +124,15 @@ def validate(data: DatasetDict, task: str, origin: str) -> None:
             _check_squad(ds, task, origin, split)
         elif task == "conll2003":
             _check_conll(ds, origin, split)
+        elif task == "dictionary":
+            _check_dictionary(ds, origin, split)
+
+
+def _check_dictionary(ds: Dataset, origin: str, split: str) -> None:
+    for row, (source, target) in enumerate(zip(ds["source"], ds["target"])):
+        if not (source or "").strip() or not (target or "").strip():
+            raise LmforgeError(f"{origin} [{split}] row {row}: a dictionary row needs a word in 'source' and its "
+                               f"translation in 'target' (got {source!r}, {target!r})")
 
 
 def _check_corpus(ds: Dataset, origin: str, split: str) -> None:

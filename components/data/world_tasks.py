@@ -12,7 +12,7 @@ import random
 from datasets import Dataset, DatasetDict
 
 from components.data.schemas import GLUE_TASKS, task_features
-from components.data.world import FOODS, HOBBIES, PROFESSIONS, Person, World
+from components.data.world import CHINESE, FOODS, HOBBIES, PROFESSIONS, Person, World
 
 # (question, statement) templates per relation; {p} is the person, {v} the value.
 RELATIONS = {
@@ -171,8 +171,8 @@ GLUE_BUILDERS = {"cola": cola, "sst2": sst2, "mrpc": mrpc, "qqp": qqp, "stsb": s
                  "qnli": qnli, "rte": rte, "wnli": wnli}
 
 
-def glue_task(task: str, world: World, n_train: int, n_eval: int, rng: random.Random) -> DatasetDict:
-    spec, build = GLUE_TASKS[task], GLUE_BUILDERS[task]
+def _glue_task(task: str, world: World, n_train: int, n_eval: int, rng: random.Random, build=None) -> DatasetDict:
+    spec, build = GLUE_TASKS[task], build or GLUE_BUILDERS[task]
     train_people, eval_people = world.people_in("train"), world.people_in("eval")
     splits = {"train": [build(world, train_people, rng) for _ in range(n_train)]}
     for i, split in enumerate(spec.validation_splits):
@@ -187,6 +187,73 @@ def glue_task(task: str, world: World, n_train: int, n_eval: int, rng: random.Ra
         split: Dataset.from_list([{**row, "idx": i} for i, row in enumerate(rows)], features=features)
         for split, rows in splits.items()
     })
+
+
+# ------------------------------------------------------------------------------- GLUE rows in Chinese
+# The same tasks about the same people in Chinese (names in Latin letters, as in the corpus), so a
+# model fine-tuned in one language can be scored on the other (the cross-lingual report).
+
+RELATIONS_ZH = {
+    "birth_city": (["{p}出生在哪里？", "{p}的出生地是哪里？"], ["{p}出生在{v}。", "{p}是{v}人。"]),
+    "birth_year": (["{p}是哪一年出生的？", "{p}出生于哪一年？"], ["{p}出生于{v}年。", "{p}是{v}年出生的。"]),
+    "employer": (["{p}在哪里工作？", "{p}为哪家单位工作？"], ["{p}在{v}工作。", "{p}受雇于{v}。"]),
+    "profession": (["{p}的职业是什么？", "{p}是做什么工作的？"], ["{p}是一名{v}。", "{p}的职业是{v}。"]),
+    "food": (["{p}喜欢吃什么？", "{p}最喜欢的食物是什么？"], ["{p}喜欢吃{v}。", "{p}最喜欢的食物是{v}。"]),
+}
+POSITIVE_ZH = ["精彩", "出色", "愉快", "棒", "好", "美好"]
+NEGATIVE_ZH = ["糟糕", "可怕", "无聊", "差劲", "差", "平淡"]
+
+
+def value_zh(p: Person, relation: str) -> str:
+    v = value(p, relation)
+    return CHINESE.get(v, v)  # names and years stay as they are
+
+
+def sst2_zh(world, people, rng):
+    o, positive = rng.choice(world.orgs), rng.random() < 0.5
+    adjective = "很" + rng.choice(POSITIVE_ZH if positive else NEGATIVE_ZH)
+    if rng.random() < 0.3:  # negation flips the sentiment
+        adjective = "并不" + rng.choice(NEGATIVE_ZH if positive else POSITIVE_ZH)
+    return {"sentence": f"参观{o.name}的经历{adjective}。", "label": int(positive)}
+
+
+def rte_zh(world, people, rng):
+    p = rng.choice(people)
+    entailed, genre = rng.random() < 0.5, rng.randrange(2)
+    if genre == 0:
+        city = p.employer.city if entailed else rng.choice([c for c in world.cities if c is not p.employer.city])
+        premise, hypothesis = f"{p.name}在{p.employer.name}工作。", f"{p.name}在{city.name}工作。"
+    else:
+        country = p.birth_city.country if entailed else rng.choice(
+            [c for c in world.countries if c is not p.birth_city.country])
+        premise, hypothesis = f"{p.name}出生在{p.birth_city.name}。", f"{p.name}出生在{country.name}。"
+    return {"sentence1": premise, "sentence2": hypothesis, "label": 0 if entailed else 1}
+
+
+def qnli_zh(world, people, rng):
+    p, relation = rng.choice(people), rng.choice(list(RELATIONS))
+    answers = rng.random() < 0.5
+    r2 = relation if answers else rng.choice([r for r in RELATIONS if r != relation and {r, relation} != {"birth_city", "birth_year"}])
+    return {"question": RELATIONS_ZH[relation][0][rng.randrange(2)].format(p=p.name),
+            "sentence": RELATIONS_ZH[r2][1][rng.randrange(2)].format(p=p.name, v=value_zh(p, r2)),
+            "label": 0 if answers else 1}
+
+
+CHINESE_BUILDERS = {"sst2": sst2_zh, "rte": rte_zh, "qnli": qnli_zh}
+
+
+def glue_task(task: str, world: World, n_train: int, n_eval: int, rng: random.Random,
+              language: str = "en") -> DatasetDict:
+    """A GLUE task's splits about the world, in English or (sst2, rte, qnli) in Chinese."""
+    return _glue_task(task, world, n_train, n_eval, rng, CHINESE_BUILDERS[task] if language == "zh" else None)
+
+
+def dictionary(words: dict[str, str] = CHINESE) -> DatasetDict:
+    """The world's English-Chinese dictionary, one word per row."""
+    from components.data.schemas import DICTIONARY_FEATURES
+
+    return DatasetDict({"train": Dataset.from_dict({"source": list(words), "target": list(words.values())},
+                                                   features=DICTIONARY_FEATURES)})
 
 
 # ------------------------------------------------------------------------------------------- SQuAD

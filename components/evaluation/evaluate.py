@@ -31,6 +31,7 @@ from components.evaluation import plots
 from components.finetuning.scoring import SplitResult, score_glue, score_qa, score_tagging
 from components.finetuning.checkpoints import check_checkpoint
 from components.finetuning.metrics import main_metric, task_score
+from components.tracking import DataUsed, data_used
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ def evaluate_model(cfg: EvaluateConfig, raw_dir: Path, tracking: TrackingConfig,
                    "".join(json.dumps(row, ensure_ascii=False) + "\n" for r in results.values() for row in r.rows))
         _plot(results, task, folder.name, model.config, tmp)
     if tracking.enabled:
-        _log_to_mlflow(tracking, metrics, results, out)
+        _log_to_mlflow(tracking, metrics, results, out, run_labels(folder.name, task, model.config.model_type),
+                       data_used(data_dir, data, splits))
     log.info("evaluate %s on %s: %s", folder.name, dataset, {s: r.metrics for s, r in results.items()})
     return out
 
@@ -172,8 +174,22 @@ def _plot(results: dict[str, SplitResult], task: str, name: str, config, out: Pa
         write_json(out / "confusion.json", confusion)
 
 
-def _log_to_mlflow(tracking: TrackingConfig, metrics: dict, results: dict[str, SplitResult], out: Path) -> None:
-    from components.tracking import client_run
+def run_labels(name: str, task: str, model_type: str) -> dict[str, str]:
+    """The MLflow labels of an evaluation of the folder `name`: its task, model family (bert, gpt) and
+    init, read back from the name the finetune stage gives it (<model>[-<init>]-<task>...; a
+    pretrained init is not named). An init the name does not tell is left empty."""
+    model = {"gpt2": "gpt"}.get(model_type, model_type)
+    init = ""
+    if name.startswith(f"{model}-{task}"):
+        init = "pretrained"
+    elif name.startswith(f"{model}-") and f"-{task}" in name:
+        init = name[len(model) + 1:name.rindex(f"-{task}")]
+    return {"task": task, "model": model, "init": init, "stage": "evaluate"}
+
+
+def _log_to_mlflow(tracking: TrackingConfig, metrics: dict, results: dict[str, SplitResult], out: Path,
+                   labels: dict[str, str], data: DataUsed) -> None:
+    from components.tracking import client_run, log_data
 
     values = {}
     for split, r in results.items():
@@ -183,7 +199,8 @@ def _log_to_mlflow(tracking: TrackingConfig, metrics: dict, results: dict[str, S
             elif isinstance(value, (int, float)):
                 values[f"{split}/{key}"] = float(value)
     values["score"] = metrics["score"]
-    with client_run(tracking, f"evaluate-{metrics['model']}", tags={"lmforge.stage": "evaluate"}) as (client, run_id):
+    with client_run(tracking, f"evaluate-{metrics['model']}", **labels) as (client, run_id):
+        log_data(client, run_id, data)
         for key in ("model", "path", "task", "dataset"):
             client.log_param(run_id, key, metrics[key])
         client.log_param(run_id, "splits", ",".join(results))

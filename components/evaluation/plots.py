@@ -40,6 +40,26 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def notice(text: str, title: str, path: Path) -> Path:
+    """A figure that only says why there is nothing to draw (a report a stage did not make)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def not_run(section: str, out: Path, plot: Path) -> Path:
+    """A report stage turned off (`<section>.enabled: false`): its JSON and figure say so, and DVC
+    still finds the outputs it expects. Returns the JSON's path."""
+    from components.atomic import write_json
+
+    note = f"{section}.enabled is false: the stage did not run"
+    notice(note, section, Path(plot))
+    return write_json(Path(out), {"enabled": False, "note": note})
+
+
 def confusion_plot(counts: np.ndarray, labels: Sequence[str], title: str, path: Path) -> Path:
     """Gold labels down, predicted across, counts in the cells (scikit-learn's display)."""
     from sklearn.metrics import ConfusionMatrixDisplay

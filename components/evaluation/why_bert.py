@@ -8,8 +8,10 @@ static input embedding, which is one row of a lookup table: the same vector in e
 so every similarity is 1.0 and it cannot tell the senses apart at all.
 
 Senses: the sentences' first half uses the word in one sense, the second half in the other
-(`sentences[:n // 2]` is sense A, the rest sense B). The default list: two river banks, then two
-money banks.
+(`sentences[:n // 2]` is sense A, the rest sense B). The default: the demo world's 18 river-bank
+then 18 money-bank sentences, told after the same openings so the word stands at the same token
+positions in both senses (four sentences, the word at different places, could not carry the point:
+position alone made two sentences alike).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def why_bert_report(cfg: EvaluateConfig, pretrained_dir: Path, out_dir: Path, se
     torch.manual_seed(seed)
     scratch = AutoModel.from_config(AutoConfig.from_pretrained(str(pretrained_dir)), attn_implementation="sdpa")
 
-    word, sentences = cfg.why_bert_word, cfg.why_bert_sentences
+    word, sentences = cfg.why_bert_word, cfg.sense_sentences()
     positions = [word_tokens(tokenizer, word, s, i) for i, s in enumerate(sentences)]
     senses = sense_groups(len(sentences))
     vectors = {
@@ -69,6 +71,9 @@ def why_bert_report(cfg: EvaluateConfig, pretrained_dir: Path, out_dir: Path, se
     path = write_json(out_dir / "why_bert.json", report)
     ticks = [f"{'AB'[g]}{i + 1}" for i, g in enumerate(senses)]
     caption = "\n".join(f"{t} (token {p[0]}): {s}" for t, p, s in zip(ticks, positions, sentences))
+    if len(sentences) > 8:  # the sentences themselves are in why_bert.json
+        caption = (f"A1-A{senses.count(0)}: {sentences[0]} ...; B1-B{senses.count(1)}: {sentences[senses.index(1)]} ...; "
+                   "the same openings (and token positions) in both senses; every sentence in why_bert.json")
     titles = {f"{name}\nsame {_fmt(report[name]['same_sense_mean'])} / different "
               f"{_fmt(report[name]['different_sense_mean'])}": m for name, m in matrices.items()}
     similarity_heatmaps(titles, ticks, caption, f"cosine similarity of {word!r} across sentences (A, B: senses)",

@@ -294,16 +294,22 @@ def prompt_classify(cfg: PromptConfig, run: PromptRun, raw_dir: Path, tracking: 
     write_text(Path(cfg.predictions_dir) / f"{run.name}.jsonl",
                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions))
     if tracking.enabled:
-        log_to_mlflow(tracking, cfg, run, metrics, metrics_path)
+        from components.tracking import data_used
+
+        used = data_used(Path(raw_dir) / (run.dataset or run.task), data,
+                         ["train", *(s for s in spec.validation_splits if s in data)])
+        log_to_mlflow(tracking, cfg, run, metrics, metrics_path, used)
     log.info("prompt %s: %s", run.name, {s: results[s] for s in results} | {"majority_baseline": baseline})
     return metrics_path
 
 
-def log_to_mlflow(tracking: TrackingConfig, cfg: PromptConfig, run: PromptRun, metrics: dict, report: Path) -> None:
-    """One client run per prompt run (no process-wide active run): params, metrics, the report."""
+def log_to_mlflow(tracking: TrackingConfig, cfg: PromptConfig, run: PromptRun, metrics: dict, report: Path,
+                  data=None) -> None:
+    """One client run per prompt run (no process-wide active run): params, metrics, the report, and
+    `data` (a tracking.DataUsed: the demonstrations' and the scored splits) as dataset inputs."""
     from mlflow.entities import Metric, Param
 
-    from components.tracking import client_run
+    from components.tracking import client_run, log_data
 
     params = {**run.model_dump(), "seed": cfg.seed, "max_eval_examples": cfg.max_eval_examples,
               "template": metrics["template"], "verbalizers": json.dumps(metrics["verbalizers"])}
@@ -312,7 +318,10 @@ def log_to_mlflow(tracking: TrackingConfig, cfg: PromptConfig, run: PromptRun, m
         values |= {f"{split}/{k}": v for k, v in metrics[split].items()}
         values |= {f"majority_baseline/{split}/{k}": v for k, v in metrics["majority_baseline"][split].items()}
     now = int(time.time() * 1000)
-    with client_run(tracking, f"prompt-{run.name}", tags={"lmforge.stage": "prompt"}) as (client, run_id):
+    with client_run(tracking, f"prompt-{run.name}", task=run.task, model="gpt", init=run.init,
+                    stage="prompt") as (client, run_id):
+        if data is not None:
+            log_data(client, run_id, data)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
                          params=[Param(k, str(v)) for k, v in params.items()])
         client.log_artifact(run_id, str(report), "reports")

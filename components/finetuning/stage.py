@@ -28,6 +28,7 @@ from components.finetuning.scoring import score_glue, score_qa, score_tagging
 from components.finetuning.token_classification import (TAGGING_COLUMNS, TaggingModule, encode_tagging, tag_names,
                                                         tagging_loader)
 from components.finetuning.training import fit
+from components.tracking import data_used
 from components.training.trainer import finished_model
 
 
@@ -57,8 +58,10 @@ def load_task_data(run: FinetuneRun, raw_dir: Path, splits: tuple[str, ...] = ()
     return data
 
 
-def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
-    """Fine-tune `run.model` on GLUE task `run.task`; score every validation split (MNLI has two)."""
+def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig,
+                  run_dir: Path | None = None) -> Path:
+    """Fine-tune `run.model` on GLUE task `run.task`; score every validation split (MNLI has two).
+    `run_dir`: the training's folder (default runs/finetune-<name>)."""
     spec = GLUE_TASKS[run.task]
     data = load_task_data(run, raw_dir, ("train", spec.validation_splits[0]))
     labels = ["score"] if spec.is_regression else list(spec.label_names)
@@ -74,6 +77,8 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
     if gpt:  # GPT-2 has no pad token: pad with end-of-text, which the head skips when finding the last token
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.eos_token_id
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
 
     eval_splits = [s for s in spec.validation_splits if s in data]
     encoded = {s: encode_glue(data[s], run.task, tokenizer, cfg.max_seq_length, gpt) for s in ("train", *eval_splits)}
@@ -81,7 +86,8 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
     val_loader = glue_loader(encoded[eval_splits[0]], tokenizer, train.batch_size, False, train.seed)
     module = ClassificationModule(model, run.task, train, aux_lm_weight=run.aux_lm_weight)
     metric = main_metric(run.task)
-    fitted = fit(module, train_loader, val_loader, cfg, run, tracking, metric)
+    fitted = fit(module, train_loader, val_loader, cfg, run, tracking, metric, run_dir,
+                 data_used(Path(raw_dir) / (run.dataset or run.task), data, ("train", *eval_splits)))
     best = finished_model(fitted.trainer, module, fitted.best_checkpoint)
     if best is None:  # not global rank 0: rank 0 scores and writes
         return Path(cfg.models_dir) / run.name
@@ -92,6 +98,25 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
     score = sum(task_score(m) for m in results.values()) / len(results)
     metrics = run_metrics(run, metric, results, score, fitted.trainer.global_step)
     return publish(cfg, run, tracking, fitted.run_id, best, tokenizer, metrics, predictions)
+
+
+def finetune_aside(cfg: FinetuneConfig, run: FinetuneRun, init_dir: Path, raw_dir: Path, tracking: TrackingConfig,
+                   run_dir: Path) -> tuple[Path, dict]:
+    """A GLUE fine-tuning whose every output stays in run_dir, not in models/ and reports/: for the
+    reports that fine-tune on the side (crosslingual, when-BERT-learns). `run.init` pretrained
+    starts from `init_dir`'s weights, scratch from its config. Returns (model folder, metrics)."""
+    import json
+    import shutil
+
+    models = Path(run_dir) / "models"
+    start = models / f"{run.model}-pretrained"  # where a pretrained/scratch run starts from
+    if start.exists():
+        shutil.rmtree(start)
+    shutil.copytree(init_dir, start)
+    aside = cfg.model_copy(update={"models_dir": str(models), "reports_dir": str(Path(run_dir) / "metrics"),
+                                   "predictions_dir": str(Path(run_dir) / "predictions")})
+    folder = finetune_glue(aside, run, raw_dir, tracking, run_dir=Path(run_dir))
+    return folder, json.loads((Path(aside.reports_dir) / f"{run.name}.json").read_text())
 
 
 def finetune_qa(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
@@ -110,7 +135,8 @@ def finetune_qa(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: 
     train_loader = qa_loader(train_windows, tokenizer, train.batch_size, True, train.seed, train.num_workers)
     val_loader = qa_loader(val_windows, tokenizer, train.batch_size, False)
     module = QAModule(model, run.task, train, 0, scorer)
-    fitted = fit(module, train_loader, val_loader, cfg, run, tracking, "f1")
+    fitted = fit(module, train_loader, val_loader, cfg, run, tracking, "f1",
+                 data=data_used(Path(raw_dir) / (run.dataset or run.task), data, ("train", "validation")))
     best = finished_model(fitted.trainer, module, fitted.best_checkpoint)
     if best is None:
         return Path(cfg.models_dir) / run.name
@@ -137,7 +163,8 @@ def finetune_tagging(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, track
     train_loader = tagging_loader(encoded["train"], tokenizer, train.batch_size, True, train.seed, train.num_workers)
     val_loader = tagging_loader(encoded["validation"], tokenizer, train.batch_size, False)
     module = TaggingModule(model, run.task, train, 0, labels)
-    fitted = fit(module, train_loader, val_loader, cfg, run, tracking, "f1")
+    fitted = fit(module, train_loader, val_loader, cfg, run, tracking, "f1",
+                 data=data_used(folder, data, ("train", *eval_splits)))
     best = finished_model(fitted.trainer, module, fitted.best_checkpoint)
     if best is None:
         return Path(cfg.models_dir) / run.name

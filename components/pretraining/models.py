@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, GPT2Config, GPT2LMHeadModel
+from transformers import (BartConfig, BartForConditionalGeneration, BertConfig, BertForMaskedLM, BertForPreTraining,
+                          GPT2Config, GPT2LMHeadModel)
 
 from components.config import ModelConfig
 
@@ -47,6 +48,33 @@ def build_gpt(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMHea
         eos_token_id=eos_token_id,
     )
     return GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+
+
+def build_bart(cfg: ModelConfig, tokenizer) -> BartForConditionalGeneration:
+    """An encoder and a decoder, each of the preset's layers, width and heads."""
+    layers, hidden, heads, intermediate = cfg.sizes
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=hidden,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=intermediate,
+        decoder_ffn_dim=intermediate,
+        dropout=cfg.dropout,
+        attention_dropout=cfg.dropout,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        # As BART: the decoder starts from </s> and is made to write <s> first, as the labels begin.
+        decoder_start_token_id=tokenizer.eos_token_id,
+    )
+    model = BartForConditionalGeneration._from_config(config, attn_implementation="sdpa")
+    model.generation_config.forced_bos_token_id = tokenizer.bos_token_id
+    model.generation_config.forced_eos_token_id = tokenizer.eos_token_id
+    return model
 
 
 def count_flops_per_token(model, seq_len: int, head_fraction: float = 1.0) -> float:

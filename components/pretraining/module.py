@@ -1,4 +1,4 @@
-"""LightningModules for the two pretraining objectives, on the shared TrainingModule.
+"""LightningModules for the pretraining objectives (BERT, GPT, seq2seq denoising), on the shared TrainingModule.
 
 The models are plain `transformers` classes; the modules only compute losses and metrics. BERT's
 MLM head runs on the masked positions alone (as the original BERT code gathers
@@ -130,3 +130,17 @@ class GptPretrainModule(PretrainModule):
     def totals(self, batch: dict) -> Totals:
         logits = self.model(input_ids=batch["input_ids"]).logits
         return {"loss": summed(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())}
+
+
+class Seq2SeqPretrainModule(PretrainModule):
+    """Denoising: the decoder writes the original chunk from the corrupted one the encoder reads."""
+
+    stage_name = "pretrain-seq2seq"
+
+    def totals(self, batch: dict) -> Totals:
+        labels = batch["labels"]
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=labels)).logits
+        chosen = labels != -100
+        logits, targets = logits[chosen], labels[chosen]
+        return {"loss": summed(logits, targets), "accuracy": correct(logits, targets)}

@@ -22,6 +22,7 @@ from components.pretraining.collate import MaskingCollator, gpt_collate
 from components.pretraining.gpt_data import build_gpt_blocks
 from components.pretraining.models import build_bert, build_gpt, count_flops_per_token
 from components.pretraining.module import BertPretrainModule, GptPretrainModule
+from components.pretraining.snapshots import Snapshots
 from components.pretraining.trainer import PretrainDataModule, fit, plot_losses, unigram_perplexity
 from components.training.checkpoints import export
 from components.training.trainer import build_trainer, finished_model
@@ -40,8 +41,9 @@ def pretrain_bert(cfg: BertPretrainConfig, corpus_dir: Path, tracking: TrackingC
     module = BertPretrainModule(model, cfg.train)
     data = bert_data(cfg, tokenizer, train, val)
     flops = count_flops_per_token(model, cfg.max_seq_length, head_fraction=cfg.masking.mlm_probability)
+    snapshots = [Snapshots(cfg.snapshot_steps, Path(cfg.snapshots_dir), tokenizer)] if cfg.snapshot_steps else []
     result = fit(module, data, cfg.train, Path(cfg.run_dir), "pretrain-bert", tracking,
-                 cfg.model_dump(mode="json"), flops)
+                 cfg.model_dump(mode="json"), flops, snapshots)
     trained = finished_model(result.trainer, module)
     if trained is None:  # not global rank 0: rank 0 writes
         return Path(cfg.out_dir)

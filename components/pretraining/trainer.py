@@ -90,7 +90,8 @@ class FitResult:
 
 
 def fit(module: PretrainModule, data: PretrainDataModule, cfg: TrainConfig, run_dir: Path, run_name: str,
-        tracking: TrackingConfig, params: dict[str, Any], flops_per_token: float) -> FitResult:
+        tracking: TrackingConfig, params: dict[str, Any], flops_per_token: float,
+        callbacks: list[L.Callback] = ()) -> FitResult:
     """Train (resuming from run_dir/checkpoints/last.ckpt when its config matches) and validate.
 
     Each attempt is its own MLflow run; a resumed one is tagged `lmforge.resumed_from` with the run
@@ -103,7 +104,8 @@ def fit(module: PretrainModule, data: PretrainDataModule, cfg: TrainConfig, run_
         load_checkpoint(ckpt, map_location="cpu", mmap=True, verify=True)
     run_id_file = run_dir / "mlflow_run_id"
     previous_run = run_id_file.read_text().strip() if resume and run_id_file.exists() else None
-    logger = mlflow_logger(tracking, run_name)
+    logger = mlflow_logger(tracking, run_name, task="pretrain", model=run_name.removeprefix("pretrain-"),
+                           init="scratch", stage="pretrain")
     accelerator = resolve_accelerator(cfg.accelerator)
     peak = measure_peak_flops("cuda" if accelerator == "gpu" else "cpu",
                               torch.bfloat16 if "bf16" in cfg.precision else torch.float32)
@@ -111,7 +113,7 @@ def fit(module: PretrainModule, data: PretrainDataModule, cfg: TrainConfig, run_
     record = RunRecord(logger, params, run_dir, previous_run)
     checkpoints = ModelCheckpoint(dirpath=ckpt.parent, save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps)
-    trainer = build_trainer(cfg, run_dir, logger, [record, checkpoints, throughput], max_steps=1,  # set below
+    trainer = build_trainer(cfg, run_dir, logger, [record, checkpoints, throughput, *callbacks], max_steps=1,  # set below
                             val_check_interval=cfg.val_every_n_steps * cfg.accumulate_grad_batches,
                             check_val_every_n_epoch=None, use_distributed_sampler=False,  # our samplers shard
                             wrap=transformer_blocks(module.model))
@@ -133,11 +135,13 @@ def fit(module: PretrainModule, data: PretrainDataModule, cfg: TrainConfig, run_
 
 
 def transformer_blocks(model: torch.nn.Module) -> set[type]:
-    """The classes of the model's repeated layers (BertLayer, GPT2Block): FSDP's unit of sharding."""
+    """The classes of the model's repeated layers (BertLayer, GPT2Block, BART's): FSDP's unit of sharding."""
+    from transformers.models.bart.modeling_bart import BartDecoderLayer, BartEncoderLayer
     from transformers.models.bert.modeling_bert import BertLayer
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-    return {cls for cls in (BertLayer, GPT2Block) if any(isinstance(m, cls) for m in model.modules())}
+    return {cls for cls in (BertLayer, GPT2Block, BartEncoderLayer, BartDecoderLayer)
+            if any(isinstance(m, cls) for m in model.modules())}
 
 
 def plot_losses(history: dict[str, list], path: Path, title: str) -> Path:

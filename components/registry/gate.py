@@ -14,7 +14,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.config import RegistryConfig, TrackingConfig
@@ -38,6 +38,7 @@ class Candidate:
     eval_data_hash: str         # what `value` was measured on
     input_example: object
     lineage: dict[str, str]     # git commit, DVC hashes, params hash, training run
+    labels: dict[str, str] = field(default_factory=dict)  # task, model, init: the register run's tags
 
 
 @dataclass
@@ -85,7 +86,8 @@ def register(candidate: Candidate, cfg: RegistryConfig, tracking: TrackingConfig
         return same
 
     task = pipeline_task(candidate.model_dir)
-    with client_run(tracking, f"register-{candidate.name}", {"lmforge.stage": "register"}) as (client, run_id):
+    with client_run(tracking, f"register-{candidate.name}", stage="register",
+                    **candidate.labels) as (client, run_id):
         with tempfile.TemporaryDirectory() as tmp:
             save_pyfunc(candidate, task, Path(tmp) / "model")
             client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")

@@ -27,6 +27,7 @@ PIPELINE_TASKS = {
     "ForPreTraining": "fill-mask",
     "ForMaskedLM": "fill-mask",
     "LMHeadModel": "text-generation",
+    "ForConditionalGeneration": "text2text-generation",  # no such pipeline in transformers 5: our own pyfunc
 }
 def pipeline_task(model_dir: Path) -> str:
     architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
@@ -60,9 +61,25 @@ def save_qa_pyfunc(candidate: Candidate, out: Path) -> None:
                              pip_requirements=pip_requirements())
 
 
+def save_seq2seq_pyfunc(candidate: Candidate, out: Path) -> None:
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    import components
+    from components.serving import Seq2SeqGenerationModel
+
+    mlflow.pyfunc.save_model(str(out), python_model=Seq2SeqGenerationModel(),
+                             artifacts={"model": str(candidate.model_dir)},
+                             code_paths=[str(Path(components.__file__).parent)],
+                             signature=infer_signature([candidate.input_example], ["a text"]),
+                             input_example=[candidate.input_example], pip_requirements=pip_requirements())
+
+
 def save_pyfunc(candidate: Candidate, task: str, out: Path) -> None:
     if task == "question-answering":
         return save_qa_pyfunc(candidate, out)
+    if task == "text2text-generation":
+        return save_seq2seq_pyfunc(candidate, out)
     import huggingface_hub
     import mlflow.transformers
     from huggingface_hub import ModelCard

@@ -5,8 +5,8 @@
 model, and writes the receipt `<registry.receipts_dir>/<name>.json`: the version, its aliases and
 the gate's decision with both numbers. Every model has a scorer, so the gate can score the champion
 again on today's evaluation data: a fine-tuned model by its task's main metric (as the evaluate
-stage scores it), pretrained BERT by masked-word accuracy and GPT by bits per byte on the held-out
-documents of its corpus (components/evaluation/heldout.py).
+stage scores it), pretrained BERT by masked-word accuracy, GPT by bits per byte and seq2seq by
+restored-word accuracy on the held-out documents of its corpus (components/evaluation/heldout.py).
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ def scorer(params: Params, name: str) -> Scorer:
             return Scorer("masked_word_accuracy", True, corpus, lambda folder: masked_word_accuracy(
                 folder, texts(), cfg.max_seq_length, cfg.masking.mlm_probability, params.registry.seed
             )["masked_word_accuracy"])
+        if pretrained[name] == "seq2seq":
+            from components.evaluation.heldout import restored_word_accuracy
+
+            return Scorer("restored_word_accuracy", True, corpus, lambda folder: restored_word_accuracy(
+                folder, texts(), cfg.max_seq_length, cfg.corruption.infill_rate, cfg.corruption.span_lambda,
+                params.registry.seed)["restored_word_accuracy"])
         from components.evaluation.heldout import bits_per_byte
 
         return Scorer("bits_per_byte", False, corpus,
@@ -101,9 +107,11 @@ def candidate(params: Params, name: str, score: Scorer | None = None) -> Candida
     if name in pretrained:
         cfg = getattr(params.pretrain, pretrained[name])
         model_dir, run_dir, section = Path(cfg.out_dir), Path(cfg.run_dir), cfg.model_dump(mode="json")
+        labels = {"task": "pretrain", "model": pretrained[name], "init": "scratch"}
     else:
         run = params.finetune.runs[name]
         model_dir, run_dir = Path(params.finetune.models_dir) / name, Path("runs") / f"finetune-{name}"
+        labels = {"task": run.task, "model": run.model, "init": run.init}
         section = {**params.finetune.model_dump(mode="json", exclude={"runs"}), **run.model_dump(mode="json")}
     if not model_dir.is_dir():
         raise LmforgeError(f"registry: model folder {model_dir} not found; run its stage first")
@@ -122,7 +130,7 @@ def candidate(params: Params, name: str, score: Scorer | None = None) -> Candida
                "lineage.flow_run": parent_run.get() or ""}
     return Candidate(name, model_dir, score.metric, float(value), score.higher_is_better,
                      validation_hash(score.dataset_dir), input_example(pipeline_task(model_dir), score.dataset_dir,
-                                                                       model_dir), lineage)
+                                                                       model_dir), lineage, labels)
 
 
 def register_model(params: Params) -> Path:
@@ -157,7 +165,7 @@ def input_example(task: str, dataset_dir: Path, tokenizer_dir: Path):
     """A real row of the evaluation data, shaped as the served pipeline takes it."""
     from datasets import load_from_disk
 
-    if task in ("fill-mask", "text-generation"):
+    if task in ("fill-mask", "text-generation", "text2text-generation"):
         from transformers import AutoTokenizer
 
         text = load_from_disk(str(dataset_dir / "validation"))[0]["text"].split(".")[0].strip()

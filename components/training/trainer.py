@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 import torch
 
 from components.config import TrackingConfig, TrainConfig
 from components.errors import LmforgeError
-from components.tracking import flatten_params
+from components.tracking import DataUsed, flatten_params, log_data
 from components.training.checkpoints import AtomicCheckpointIO, load_checkpoint
 
 
@@ -82,12 +83,26 @@ def strategy(cfg: TrainConfig, accelerator: str, wrap: set[type] | None = None):
     return name
 
 
+class ProgressBar(RichProgressBar):
+    """Lightning's rich bar, counting epochs from 1 out of those max_steps makes: every run here
+    stops at max_steps (max_epochs is -1), where Lightning's own bar says "Epoch 0/-2"."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        batches = self.trainer.num_training_batches
+        steps = self.trainer.max_steps * self.trainer.accumulate_grad_batches
+        known = steps > 0 and batches not in (0, float("inf"))
+        text = f"Epoch {current_epoch + 1}" + (f"/{math.ceil(steps / batches)}" if known else "")
+        width = len(self.validation_description)  # as Lightning pads it: no flicker between the two bars
+        return f"{text:{width}}" if width > len(text) else text
+
+
 def build_trainer(cfg: TrainConfig, run_dir: Path, logger, callbacks: list, *, max_steps: int,
                   val_check_interval: int | float, check_val_every_n_epoch: int | None = 1,
                   use_distributed_sampler: bool = True, limit_val_batches: int | float | None = None,
                   wrap: set[type] | None = None) -> L.Trainer:
     """The Trainer for a run under `cfg`, its checkpoints written whole (AtomicCheckpointIO)."""
     accelerator = resolve_accelerator(cfg.accelerator)
+    callbacks = [*callbacks, ProgressBar()]
     if logger is not None:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
@@ -107,10 +122,13 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, logger, callbacks: list, *, m
 class RunRecord(L.Callback):
     """A run's MLflow bookkeeping, done by global rank 0 once the processes know their ranks (before
     that, a process of a second node takes itself for rank 0): the params, the run-id file the
-    registry's lineage reads, the attempt a resumed run continues; then the run id is broadcast."""
+    registry's lineage reads, the attempt a resumed run continues, the data it trains on (`data`, MLflow
+    dataset inputs); then the run id is broadcast."""
 
-    def __init__(self, logger, params: dict[str, Any], run_dir: Path, previous_run: str | None = None):
+    def __init__(self, logger, params: dict[str, Any], run_dir: Path, previous_run: str | None = None,
+                 data: DataUsed | None = None):
         self.logger, self.params, self.run_dir, self.previous_run = logger, params, Path(run_dir), previous_run
+        self.data = data
         self.run_id: str | None = None
         self._done = False
 
@@ -127,6 +145,8 @@ class RunRecord(L.Callback):
                 run_id = self.logger.run_id
                 if self.previous_run:
                     continues(self.logger.experiment, run_id, self.previous_run)
+                if self.data is not None:
+                    log_data(self.logger.experiment, run_id, self.data)
                 (self.run_dir / "mlflow_run_id").write_text(run_id)  # the registry's lineage points back to it
         self.run_id = trainer.strategy.broadcast(run_id)
 

@@ -122,6 +122,20 @@ def registry_without_alias(root: Path) -> list[str]:
             "-S", f"tracking.uri={uri}"]
 
 
+def crosslingual_one_language(root: Path, shared: Path) -> list[str]:
+    """The cross-lingual stage on a corpus in one language (and a dictionary in two)."""
+    raw = root / "raw"
+    DatasetDict({"train": Dataset.from_dict({"text": [f"the {w} is fine ." for w in WORDS]})}).save_to_disk(
+        str(raw / "corpus"))
+    DatasetDict({"train": Dataset.from_dict({"source": ["film", "good", "bad", "story", "end"],
+                                             "target": ["电影", "好", "坏", "故事", "结局"]})}).save_to_disk(str(raw / "dict"))
+    DatasetDict.load_from_disk(str(shared / "raw" / "sst2")).save_to_disk(str(raw / "sst2"))
+    write_params(root, ingest={**NO_DEMO, "out_dir": "raw"})
+    return ["stage", "crosslingual", "-S", "crosslingual.task=sst2", "-S", "crosslingual.source=sst2",
+            "-S", "crosslingual.target=sst2", "-S", "crosslingual.dictionary=dict",
+            "-S", f"crosslingual.model={shared / 'models' / 'bert-pos64'}"]
+
+
 def params_folder(root: Path) -> list[str]:
     """Root can read any file, so an unreadable params file is one that is a folder."""
     (root / "conf").mkdir()
@@ -171,6 +185,15 @@ CASES = [
          params_only({}, "stage", "pretrain-bert", "-S", "pretrain.bert.max_seq_length=256",
                      "-S", "pretrain.bert.model.max_position_embeddings=128"),
          ("pretrain.bert: max_seq_length 256 exceeds model.max_position_embeddings 128",), "models/bert-pretrained"),
+    Case("snapshot-step-negative",
+         params_only({}, "stage", "pretrain-bert", "-S", "pretrain.bert.snapshot_steps=[0, -10]"),
+         ("pretrain.bert: snapshot_steps [0, -10]: expected distinct steps >= 0",), "models/bert-snapshots"),
+    Case("when-bert-learns-without-snapshots",
+         params_only({}, "stage", "when-bert-learns", "-S", "pretrain.bert.snapshots_dir=nowhere"),
+         ("when-bert-learns: no snapshots in nowhere; set pretrain.bert.snapshot_steps",), "reports/when_bert_learns.json"),
+    Case("crosslingual-corpus-in-one-language", crosslingual_one_language,
+         ("crosslingual: corpus raw/corpus has 0 sentences in CJK script (sentences by script: LATIN 28)",
+          "pretrain on a corpus with both"), "reports/crosslingual.json", needs_shared=True),
     Case("vocab-size-below-special-tokens", params_only({}, "stage", "tokenizer", "-S", "tokenizer.bert.vocab_size=4"),
          ("tokenizer.bert.vocab_size: must be >= 100, got 4",), "data/tokenizers"),
     Case("validation-fraction-above-half", params_only({}, "stage", "ingest", "-S", "ingest.validation.fraction=0.7"),

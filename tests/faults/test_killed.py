@@ -279,7 +279,7 @@ def test_registration(workspace, tmp_path, prefect_api):
         not client.search_model_versions("name = 'lmforge-bert-rte'")
 
     out = run(root, *args)
-    assert "registered lmforge-bert-rte v1" in out
+    assert "lmforge-bert-rte v1: champion now" in out
     assert int(client.get_model_version_by_alias("lmforge-bert-rte", "champion").version) == 1
     after = mlflow_runs(root, "lmforge-evaluate_and_register")
     for run_ in after:

@@ -107,7 +107,8 @@ def test_env_secrets_never_reach_mlflow_prefect_artifacts_or_logs(tmp_path, monk
         root_logger.removeHandler(records)
         root_logger.setLevel(level)
     prefect = prefect_text()  # everything the server holds: this test's records and any earlier test's
-    assert {r["model"] for r in result["registered"]} == {"lmforge-bert-pretrained", "lmforge-gpt-pretrained"}
+    assert {r["model"] for r in result["registered"]} == {
+        "lmforge-bert-pretrained", "lmforge-gpt-pretrained", "lmforge-seq2seq-pretrained"}
 
     # MLflow's records. (Not empty: the scan would see a leak if there were one.)
     mlflow = mlflow_text(uri)

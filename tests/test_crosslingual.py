@@ -1,0 +1,105 @@
+"""The crosslingual stage on a small bilingual demo with a tiny BERT: its four rows, the language
+vector's retrieval, the script-based language split, and clear errors for one-language input."""
+
+import json
+from collections import Counter
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from components.config import BertTokenizerConfig, CrosslingualConfig, DemoConfig, FinetuneConfig, ModelConfig, TrackingConfig
+from components.data.demo import build_demo
+from components.errors import LmforgeError
+from components.evaluation.crosslingual import crosslingual_report, retrieval, script, split_languages
+from components.pretraining.models import build_bert
+from components.tokenizer import train_bert_tokenizer
+
+TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
+OFF = TrackingConfig(enabled=False)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crosslingual")
+    demo = build_demo(DemoConfig(entities=40, corpus_documents=200, glue_train=48, glue_eval=24))
+    for name in ("rte", "rte_zh", "corpus", "dictionary_en_zh"):
+        demo[name].save_to_disk(str(root / "raw" / name))
+    tok = train_bert_tokenizer(demo["corpus"]["train"], BertTokenizerConfig(vocab_size=800, min_frequency=1))
+    model = build_bert(TINY, len(tok), tok.pad_token_id, "sop")
+    model.save_pretrained(root / "models" / "bert-pretrained")
+    tok.save_pretrained(root / "models" / "bert-pretrained")
+    return root
+
+
+def config(root, **kwargs) -> CrosslingualConfig:
+    return CrosslingualConfig(task="rte", source="rte", target="rte_zh",
+                              model=str(root / "models" / "bert-pretrained"), run_dir=str(root / "run"),
+                              out=str(root / "reports" / "crosslingual.json"), plot=str(root / "reports" / "xl.png"),
+                              documents_per_language=20, contexts_per_word=3, **kwargs)
+
+
+FT = FinetuneConfig.model_validate({"train": {"max_steps": 4, "batch_size": 16, "val_every_n_steps": 2,
+                                              "warmup_steps": 1}})
+
+
+def test_four_rows_and_the_language_vector(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    path = crosslingual_report(config(workspace), FT, workspace / "raw", OFF)
+    result = json.loads(path.read_text())
+    assert [r["setup"] for r in result["rows"]] == [
+        "zero-shot: fine-tuned on source, pretrained", "fine-tuned on target, pretrained",
+        "fine-tuned on source, random weights", "majority class of source"]
+    assert [r["trained_on"] for r in result["rows"]] == ["rte", "rte_zh", "rte", "rte"]
+    for r in result["rows"]:
+        assert r["main_metric"] == "accuracy" and 0 <= r["score"] <= 1
+    # The majority row is the train split's commonest label, scored on the target's validation split.
+    from datasets import load_from_disk
+
+    source, target = load_from_disk(str(workspace / "raw" / "rte")), load_from_disk(str(workspace / "raw" / "rte_zh"))
+    common = Counter(source["train"]["label"]).most_common(1)[0][0]
+    expected = sum(label == common for label in target["validation"]["label"]) / len(target["validation"])
+    assert result["rows"][3]["score"] == pytest.approx(expected)
+
+    lv = result["language_vector"]
+    assert lv["scripts"] == ["LATIN", "CJK"] and lv["pairs"] == 45
+    for weights in ("pretrained", "random"):
+        for side in ("with_vector", "without_vector"):
+            assert 0 <= lv[weights][side]["top1"] <= lv[weights][side]["top5"] <= 1
+    assert lv["pretrained"]["examples"][0] == {"word": "chemist", "translation": "化学家",
+                                               "nearest": lv["pretrained"]["examples"][0]["nearest"]}
+    assert (workspace / "reports" / "xl.png").stat().st_size > 5000
+    assert not (workspace / "models" / "bert-rte").exists()  # its fine-tuned models stay in its run folder
+
+
+def test_language_by_script_and_one_language_is_a_clear_error(workspace, tmp_path, monkeypatch):
+    assert script("Talia Brandt was born in Velmora.") == "LATIN"
+    assert script("Talia Brandt于1944年出生在Velmora。她在Dreland长大。") == "CJK"
+    assert script("Ирина родилась в Москве.") == "CYRILLIC" and script("1944 !") is None
+    with pytest.raises(LmforgeError, match=r"corpus c has 0 sentences in CJK script \(sentences by script: LATIN 12\)"):
+        split_languages(["an English document ."] * 12, "LATIN", "CJK", "corpus c")
+
+    raw = tmp_path / "raw"
+    (workspace / "raw" / "rte").parent.mkdir(exist_ok=True)
+    english = DatasetDict({"train": Dataset.from_dict({"text": ["the bank of the river ."] * 30})})
+    english.save_to_disk(str(raw / "corpus"))
+    DatasetDict({"train": Dataset.from_dict({"source": ["a", "b", "c", "d", "e"],
+                                             "target": ["x", "y", "z", "w", "v"]})}).save_to_disk(str(raw / "same"))
+    from components.evaluation.crosslingual import language_vector
+
+    with pytest.raises(LmforgeError, match=r"both columns are in LATIN script"):
+        language_vector(config(workspace, dictionary="same"), raw)
+    import shutil
+
+    shutil.copytree(workspace / "raw" / "dictionary_en_zh", raw / "dictionary_en_zh")
+    with pytest.raises(LmforgeError, match=r"has 0 sentences in CJK script .* pretrain on a corpus with both"):
+        language_vector(config(workspace), raw)
+
+
+def test_retrieval_counts_the_right_translation_among_the_nearest():
+    import numpy as np
+
+    candidates = np.eye(6)
+    queries = candidates + 0.1  # nearest: itself
+    assert retrieval(queries, candidates)["top1"] == 1.0
+    shuffled = candidates[[1, 0, 2, 3, 4, 5]]
+    assert retrieval(shuffled, candidates) == {"top1": pytest.approx(4 / 6), "top5": 1.0, "chance_top1": 1 / 6}
