@@ -172,7 +172,13 @@ def publish_summary(flow_name: str, params: Params, outcomes: list[StageOutcome]
 
 def run_flow(flow_name: str, params: Params, patterns: list[str], force: bool, with_upstream: bool = False) -> dict:
     """Plan, run and summarise one flow's part of the graph, tracked as one MLflow parent run."""
-    with flow_tracking(params, flow_name) as tracked:
+    from prefect.runtime import flow_run
+
+    from components.console import log_file
+
+    # Everything this flow run logs, unfiltered (the console shows lmforge's lines): runs/<flow run>/log.txt.
+    with log_file(Path("runs") / str(flow_run.name or flow_name) / "log.txt"), \
+            flow_tracking(params, flow_name) as tracked:
         outcomes = run_all(plan(tracked, patterns, with_upstream), tracked, force)
         registered = registrations(outcomes)
         publish_summary(flow_name, tracked, outcomes, registered)

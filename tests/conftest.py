@@ -183,8 +183,12 @@ def run_stage_in(root: Path, name: str, *overrides: str) -> list[Path]:
         os.chdir(before)
 
 
-def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs: dict | None = None) -> Path:
-    """The repository's pipeline in a new git + DVC repo, with tiny models and demo data."""
+def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs: dict | None = None,
+                 lecture_reports: bool = False) -> Path:
+    """The repository's pipeline in a new git + DVC repo, with tiny models and demo data. The three
+    lecture reports (crosslingual, when-BERT-learns, the seq2seq ablation) fine-tune or pretrain
+    several models each: they run as stages either way, but do their work only with `lecture_reports`
+    (one end-to-end test), so the suite stays within its time."""
     import shutil
 
     import yaml
@@ -208,8 +212,10 @@ def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs:
         "bert-squad": {"task": "squad", "model": "bert", "init": "pretrained"}}
     params["finetune"]["train"] = {**params["finetune"]["train"], "max_epochs": 1}
     params["seq2seq_ablation"].update({"pretrain_steps": 2, "finetune_steps": 2, "heldout_documents": 4})
-    params["pretrain"]["bert"]["snapshot_steps"] = [0, 20]
-    params["crosslingual"].update({"documents_per_language": 20, "contexts_per_word": 2})
+    params["pretrain"]["bert"]["snapshot_steps"] = [0, 20] if lecture_reports else []
+    params["crosslingual"].update({"documents_per_language": 20, "contexts_per_word": 2, "enabled": lecture_reports})
+    params["when_bert_learns"]["enabled"] = lecture_reports
+    params["seq2seq_ablation"]["enabled"] = lecture_reports
     params["prompt"]["runs"] = prompt_runs if prompt_runs is not None else {
         "gpt-0shot-sst2": {"task": "sst2", "shots": 0, "init": "pretrained"}}
     params["prompt"]["max_eval_examples"] = 10

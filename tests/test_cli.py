@@ -62,24 +62,32 @@ def test_a_flow_ends_with_a_summary_that_answers(tmp_path):
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_known_library_chatter_is_turned_down_at_its_source_and_verbose_brings_it_back(verbose):
-    """Lightning's per-run INFO lines (imported after configure, which resets its logger), the
-    pytree deprecation warning and datasets' bars are off by default; warnings still show."""
+def test_known_library_chatter_stays_off_the_console_and_in_the_log_file(verbose, tmp_path):
+    """Lightning's per-run INFO lines, the pytree deprecation warning and datasets' bars are off the
+    console by default (warnings still show); a flow's log file keeps every line; -v shows all."""
     import subprocess
     import sys
 
+    log = tmp_path / "runs" / "flow-1" / "log.txt"
     code = f"""
 import logging, warnings
-from components.console import configure
+from pathlib import Path
+from components.console import configure, log_file
 configure({verbose})
 import datasets, lightning.pytorch
+import components.training.trainer  # what every lmforge training imports
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
-rank_zero_info("GPU available: False")
-warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
-logging.getLogger("lightning.pytorch.utilities.rank_zero").warning("a real warning")
+with log_file(Path({str(log)!r})):
+    rank_zero_info("GPU available: False")
+    warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").warning("a real warning")
+    logging.getLogger("components.stages").info("ingest: ran")
 print("bars", datasets.is_progress_bar_enabled())
 """
     done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, check=True)
-    assert "a real warning" in done.stderr
+    assert "a real warning" in done.stderr and "ingest: ran" in done.stderr
     assert ("GPU available" in done.stderr) == verbose and ("LeafSpec" in done.stderr) == verbose
     assert done.stdout.strip() == f"bars {verbose}"
+    kept = log.read_text()
+    for line in ("GPU available: False", "LeafSpec", "a real warning", "ingest: ran"):
+        assert line in kept

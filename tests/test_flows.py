@@ -34,12 +34,16 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     from components.registry.stage import candidate
     from flows.pipeline import pipeline
 
-    root = make_project(tmp_path)
+    root = make_project(tmp_path, lecture_reports=True)
     monkeypatch.chdir(root)
     params = load_params("params.yaml")
     uri = params.tracking.uri
 
     first = pipeline(params_file="params.yaml")
+    # The whole log, unfiltered, in a file of the flow run's own.
+    [log] = (root / "runs").glob("*/log.txt")
+    kept = log.read_text()
+    assert "BERT pretraining: " in kept and "GPT pretraining: " in kept
     logged = flow_log_lines()
     assert any("ingest: running" in line for line in logged)
     # Regression: with log_prints, the disassembly dill prints to find a function's globals (datasets

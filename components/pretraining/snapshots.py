@@ -32,6 +32,7 @@ class Snapshots(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.is_global_zero:
+            self.folder.mkdir(parents=True, exist_ok=True)
             for step, path in snapshot_folders(self.folder).items():
                 if step > trainer.global_step or step not in self.steps or trainer.global_step == 0:
                     shutil.rmtree(path)  # not this run's: a later step, or another run's

@@ -41,9 +41,10 @@ def pretrain_bert(cfg: BertPretrainConfig, corpus_dir: Path, tracking: TrackingC
     module = BertPretrainModule(model, cfg.train)
     data = bert_data(cfg, tokenizer, train, val)
     flops = count_flops_per_token(model, cfg.max_seq_length, head_fraction=cfg.masking.mlm_probability)
-    snapshots = [Snapshots(cfg.snapshot_steps, Path(cfg.snapshots_dir), tokenizer)] if cfg.snapshot_steps else []
+    # Always there (DVC records the folder as an output), empty without snapshot_steps.
+    snapshots = Snapshots(cfg.snapshot_steps, Path(cfg.snapshots_dir), tokenizer)
     result = fit(module, data, cfg.train, Path(cfg.run_dir), "pretrain-bert", tracking,
-                 cfg.model_dump(mode="json"), flops, snapshots)
+                 cfg.model_dump(mode="json"), flops, [snapshots])
     trained = finished_model(result.trainer, module)
     if trained is None:  # not global rank 0: rank 0 writes
         return Path(cfg.out_dir)

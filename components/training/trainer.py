@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 import torch
 
 from components.config import TrackingConfig, TrainConfig
+from components.console import lightning_through_root
 from components.errors import LmforgeError
 from components.tracking import DataUsed, flatten_params, log_data
 from components.training.checkpoints import AtomicCheckpointIO, load_checkpoint
@@ -81,6 +82,9 @@ def strategy(cfg: TrainConfig, accelerator: str, wrap: set[type] | None = None):
             raise LmforgeError(f"train.strategy {name}: DeepSpeed is not installed; pip install deepspeed, "
                                "or use strategy ddp or fsdp")
     return name
+
+
+lightning_through_root()
 
 
 class ProgressBar(RichProgressBar):
