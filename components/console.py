@@ -43,6 +43,12 @@ def configure(verbose: bool = False) -> None:
     if verbose or level == "DEBUG":
         return
     console.addFilter(Quiet())
+    # Libraries that print through handlers of their own (not the root's): their loggers' filters
+    # and levels, which importing them leaves alone.
+    for name in ("transformers.modeling_utils", "transformers.utils.loading_report"):
+        logging.getLogger(name).addFilter(Quiet())
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "dvc.dvcfile"):  # "Creating tables", "Updating lock file"
+        logging.getLogger(name).setLevel(logging.WARNING)
     # datasets draws a bar per .map and per save_to_disk, transformers one per save_pretrained ("Writing
     # model shards"); the stage's own bar is the one to watch. Both libraries may be imported already.
     import datasets

@@ -41,7 +41,7 @@ def train_bert_tokenizer(texts: Dataset, cfg: BertTokenizerConfig) -> BertTokeni
         min_frequency=cfg.min_frequency,
         special_tokens=BERT_SPECIAL_TOKENS,
         continuing_subword_prefix="##",
-        show_progress=True,
+        show_progress=False,  # seconds of work: its bars (drawn by the Rust side) only left blank lines in logs
     )
     tok.train_from_iterator(_batches(texts), trainer=trainer, length=len(texts))
     return BertTokenizer(
@@ -63,7 +63,7 @@ def train_gpt_tokenizer(texts: Dataset, cfg: GptTokenizerConfig) -> GPT2Tokenize
         min_frequency=cfg.min_frequency,
         special_tokens=[END_OF_TEXT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=True,
+        show_progress=False,  # seconds of work: its bars (drawn by the Rust side) only left blank lines in logs
     )
     tok.train_from_iterator(_batches(texts), trainer=trainer, length=len(texts))
     merges = [tuple(pair) for pair in json.loads(tok.to_str())["model"]["merges"]]

@@ -82,6 +82,10 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, co
     assert all(torch.equal(last[k], final[k]) for k in final)  # the last snapshot is the export
     assert not all(torch.equal(first[k], final[k]) for k in final)
     assert sorted(p.name for p in (tmp_path / "snapshots/straight").iterdir()) == ["step-0", "step-10", "step-12", "step-4"]
+    # Keeping snapshots does not change the training (building a copy draws no random numbers from the run).
+    stages.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir, "plain"), corpus, OFF)
+    plain = load_file(tmp_path / "plain" / "model.safetensors")
+    assert all(torch.equal(plain[k], final[k]) for k in final)
 
 
 def test_non_finite_loss_stops_with_the_step_and_exports_nothing(tmp_path, tokenizers_dir, corpus, monkeypatch):

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from components.training.checkpoints import export
 
@@ -51,8 +52,10 @@ class Snapshots(L.Callback):
 
 def plain_copy(model):
     """A copy of the training model as a plain `transformers` model: torch.compile's wrappers off
-    the weight names, the training model itself untouched."""
+    the weight names, the training model itself and the run's random state untouched (a run with
+    snapshots trains exactly as one without)."""
     base = getattr(model, "_orig_mod", model)
-    copy = type(base)._from_config(base.config, attn_implementation="sdpa")
+    with torch.random.fork_rng(devices=[]):  # building it draws initial weights: not from the run's RNG
+        copy = type(base)._from_config(base.config, attn_implementation="sdpa")
     copy.load_state_dict({k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()})
     return copy.eval()
