@@ -211,10 +211,11 @@ def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs:
         "gpt-sst2": {"task": "sst2", "model": "gpt", "init": "pretrained"},
         "bert-squad": {"task": "squad", "model": "bert", "init": "pretrained"}}
     params["finetune"]["train"] = {**params["finetune"]["train"], "max_epochs": 1}
-    params["seq2seq_ablation"].update({"pretrain_steps": 2, "finetune_steps": 2, "heldout_documents": 4})
+    params["seq2seq_ablation"].update({"pretrain_steps": 2, "finetune_steps": 2, "heldout_documents": 4,
+                                       "corruptions": ["mask", "infill"]})
     params["pretrain"]["bert"]["snapshot_steps"] = [0, 20] if lecture_reports else []
     params["crosslingual"].update({"documents_per_language": 20, "contexts_per_word": 2, "enabled": lecture_reports})
-    params["when_bert_learns"]["enabled"] = lecture_reports
+    params["when_bert_learns"].update({"enabled": lecture_reports, "max_epochs": 1})
     params["seq2seq_ablation"]["enabled"] = lecture_reports
     params["prompt"]["runs"] = prompt_runs if prompt_runs is not None else {
         "gpt-0shot-sst2": {"task": "sst2", "shots": 0, "init": "pretrained"}}

@@ -106,13 +106,13 @@ def test_pretraining_on_two_processes_after_a_kill_and_on_two_nodes(tmp_path):
     #    cluster sets them.
     overrides = ddp("pretrain.gpt", processes=1, num_nodes=2, max_steps=8, batch_size=2)
     port = str(free_port())
-    nodes = [subprocess.Popen([LMFORGE, "stage", "pretrain-gpt", *overrides], cwd=root, stdout=subprocess.PIPE,
+    nodes = [subprocess.Popen([LMFORGE, "-v", "stage", "pretrain-gpt", *overrides], cwd=root, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(n)})
              for n in (1, 0)]
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[1][-3000:] + outputs[0][-3000:]
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[0]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[0]  # Lightning's line: shown with -v
     (run,) = runs_named(root, "pretrain-gpt")
     assert run.info.status == "FINISHED" and run.data.params["train.num_nodes"] == "2"
     assert AutoModelForCausalLM.from_pretrained(root / "models/gpt-pretrained").config.n_layer == 2

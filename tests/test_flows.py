@@ -43,7 +43,7 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     # The whole log, unfiltered, in a file of the flow run's own.
     [log] = (root / "runs").glob("*/log.txt")
     kept = log.read_text()
-    assert "BERT pretraining: " in kept and "GPT pretraining: " in kept
+    assert "ingest: running" in kept and "register-pretrained@gpt: running" in kept
     logged = flow_log_lines()
     assert any("ingest: running" in line for line in logged)
     # Regression: with log_prints, the disassembly dill prints to find a function's globals (datasets
