@@ -60,10 +60,11 @@ def when_bert_learns_report(params: Params) -> Path:
         run = FinetuneRun(task=cfg.finetune_task, model="bert", init="pretrained")
         _, finetuned = finetune_aside(finetune, run, folder, raw_dir, params.tracking,
                                       Path(cfg.run_dir) / f"step-{step}")
+        model, tokenizer = encoder(folder)  # loaded once for the probe and the sense gap
         rows.append({"step": step, "masked_word_accuracy": mlm["masked_word_accuracy"],
-                     "probe": linear_probe(folder, probe_data, cfg.probe_task, split),
+                     "probe": linear_probe(model, tokenizer, probe_data, cfg.probe_task, split),
                      "finetuned": finetuned["score"],
-                     "sense_gap": sense_gap(folder, params.evaluate.why_bert_word, sentences)})
+                     "sense_gap": sense_gap(model, tokenizer, params.evaluate.why_bert_word, sentences)})
         log.info("when-bert-learns: step %d: %s", step, rows[-1])
     result = {"rows": rows, "probe_task": cfg.probe_task, "probe_metric": main_metric(cfg.probe_task),
               "finetune_task": cfg.finetune_task, "finetune_metric": main_metric(cfg.finetune_task),
@@ -99,17 +100,21 @@ def features(model, tokenizer, data, task: str, batch_size: int = 64) -> np.ndar
     return np.concatenate(out)
 
 
-def linear_probe(folder: Path, data, task: str, split: str) -> float:
+def encoder(folder: Path):
+    """(BertModel, tokenizer) of a snapshot, for the probe and the sense gap."""
+    from transformers import AutoModel, AutoTokenizer
+
+    return (AutoModel.from_pretrained(str(folder), use_safetensors=True, attn_implementation="sdpa").eval(),
+            AutoTokenizer.from_pretrained(str(folder)))
+
+
+def linear_probe(model, tokenizer, data, task: str, split: str) -> float:
     """The task's score of a logistic regression (ridge for STS-B) on frozen features of train,
     scored on `split`."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.preprocessing import StandardScaler
-    from transformers import AutoModel, AutoTokenizer
-
     from components.data.schemas import GLUE_TASKS
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModel.from_pretrained(str(folder), use_safetensors=True).eval()
     train, test = (features(model, tokenizer, data[s], task) for s in ("train", split))
     scale = StandardScaler().fit(train)
     regression = GLUE_TASKS[task].is_regression
@@ -119,14 +124,10 @@ def linear_probe(folder: Path, data, task: str, split: str) -> float:
     return task_score(glue_metrics(task, predictions, np.array(data[split]["label"])))
 
 
-def sense_gap(folder: Path, word: str, sentences: list[str]) -> float | None:
+def sense_gap(model, tokenizer, word: str, sentences: list[str]) -> float | None:
     """Same-sense minus different-sense mean cosine of the word's contextual vectors (why_bert.py)."""
-    from transformers import AutoModel, AutoTokenizer
-
     from components.evaluation.why_bert import cosine_matrix, sense_groups, sense_means, word_tokens, word_vectors
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModel.from_pretrained(str(folder), use_safetensors=True, attn_implementation="sdpa").eval()
     positions = [word_tokens(tokenizer, word, s, i) for i, s in enumerate(sentences)]
     same, different = sense_means(cosine_matrix(word_vectors(model, tokenizer, sentences, positions)),
                                   sense_groups(len(sentences)))

@@ -16,8 +16,8 @@ from components.config import Seq2SeqPretrainConfig, TrackingConfig
 from components.pretraining.models import build_bart, count_flops_per_token
 from components.pretraining.module import Seq2SeqPretrainModule
 from components.pretraining.seq2seq_data import DenoisingCollator, bart_tokenizer, build_chunks
-from components.pretraining.stages import check_enough, finish, load_documents
-from components.pretraining.trainer import PretrainDataModule, fit, unigram_perplexity
+from components.pretraining.stages import check_enough, finish, load_documents, run_metrics
+from components.pretraining.trainer import PretrainDataModule, fit
 from components.training.checkpoints import export
 from components.training.trainer import finished_model, unwrap
 
@@ -41,13 +41,7 @@ def pretrain_seq2seq(cfg: Seq2SeqPretrainConfig, corpus_dir: Path, tracking: Tra
     # Rebuilt from its config, the model lost the generation settings (forced <s> first) build_bart gave it.
     trained.generation_config = copy.deepcopy(unwrap(module.model).generation_config)
     out = export(trained, tokenizer, Path(cfg.out_dir))
-    metrics = {
-        **{k.replace("val/", "val_"): v for k, v in result.metrics.items()},
-        "unigram_perplexity": unigram_perplexity(train["input_ids"], val["input_ids"], len(tokenizer), set()),
-        "tokens_per_s": result.tokens_per_s,
-        "mfu": result.mfu,
-        "train_chunks": len(train),
-    }
+    metrics = {**run_metrics(result, train, val, len(tokenizer), set()), "train_chunks": len(train)}
     finish(metrics, result, Path(cfg.metrics), Path(cfg.plot), tracking, "Seq2seq denoising pretraining")
     return out
 

@@ -51,13 +51,7 @@ def pretrain_bert(cfg: BertPretrainConfig, corpus_dir: Path, tracking: TrackingC
     out = export(trained, tokenizer, Path(cfg.out_dir))
 
     special = set(tokenizer.all_special_ids)
-    metrics = {
-        **{k.replace("val/", "val_"): v for k, v in result.metrics.items()},
-        "unigram_perplexity": unigram_perplexity(train["input_ids"], val["input_ids"], len(tokenizer), special),
-        "tokens_per_s": result.tokens_per_s,
-        "mfu": result.mfu,
-        "train_examples": len(train),
-    }
+    metrics = {**run_metrics(result, train, val, len(tokenizer), special), "train_examples": len(train)}
     world = demo_world_of(Path(corpus_dir))
     if world is not None:  # the corpus is the built-in demo: ask the model its facts
         from components.pretraining.probe import fill_mask_accuracy
@@ -84,13 +78,7 @@ def pretrain_gpt(cfg: GptPretrainConfig, corpus_dir: Path, tracking: TrackingCon
     if trained is None:
         return Path(cfg.out_dir)
     out = export(trained, tokenizer, Path(cfg.out_dir))
-    metrics = {
-        **{k.replace("val/", "val_"): v for k, v in result.metrics.items()},
-        "unigram_perplexity": unigram_perplexity(train["input_ids"], val["input_ids"], len(tokenizer), set()),
-        "tokens_per_s": result.tokens_per_s,
-        "mfu": result.mfu,
-        "train_blocks": len(train),
-    }
+    metrics = {**run_metrics(result, train, val, len(tokenizer), set()), "train_blocks": len(train)}
     finish(metrics, result, Path(cfg.metrics), Path(cfg.plot), tracking, "GPT pretraining")
     return out
 
@@ -183,6 +171,13 @@ def check_enough(train: Dataset, val: Dataset, batch_size: int, corpus_dir: Path
         )
     if len(val) == 0:
         raise LmforgeError(f"{corpus_dir}: the validation documents make no example; add validation text")
+
+
+def run_metrics(result, train: Dataset, val: Dataset, vocab_size: int, special: set[int]) -> dict:
+    """What every pretraining stage reports: its validation metrics, the unigram baseline to beat, speed."""
+    return {**{k.replace("val/", "val_"): v for k, v in result.metrics.items()},
+            "unigram_perplexity": unigram_perplexity(train["input_ids"], val["input_ids"], vocab_size, special),
+            "tokens_per_s": result.tokens_per_s, "mfu": result.mfu}
 
 
 def finish(metrics: dict, result, metrics_path: Path, plot_path: Path, tracking: TrackingConfig, title: str) -> None:
