@@ -33,16 +33,16 @@ from transformers import (  # noqa: E402
     DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed,
 )
 
-from components.config import BertTokenizerConfig, DemoConfig, FinetuneConfig, FinetuneRun, ModelConfig  # noqa: E402
-from components.data.demo import build_demo  # noqa: E402
-from components.data.schemas import GLUE_TASKS  # noqa: E402
-from components.finetuning.checkpoints import WEIGHT_FILES, load_init  # noqa: E402
-from components.finetuning.classification import ClassificationModule, encode_glue, glue_loader  # noqa: E402
-from components.finetuning.metrics import task_score  # noqa: E402
-from components.finetuning.scoring import score_glue  # noqa: E402
-from components.pretraining.models import build_bert  # noqa: E402
-from components.training.trainer import resolve_accelerator, total_steps  # noqa: E402
-from components.tokenizer import train_bert_tokenizer  # noqa: E402
+from lmforge.components.config import BertTokenizerConfig, DemoConfig, FinetuneConfig, FinetuneRun, ModelConfig  # noqa: E402
+from lmforge.components.data.demo import build_demo  # noqa: E402
+from lmforge.components.data.schemas import GLUE_TASKS  # noqa: E402
+from lmforge.components.finetuning.checkpoints import WEIGHT_FILES, load_init  # noqa: E402
+from lmforge.components.finetuning.classification import ClassificationModule, encode_glue, glue_loader  # noqa: E402
+from lmforge.components.finetuning.metrics import task_score  # noqa: E402
+from lmforge.components.finetuning.scoring import score_glue  # noqa: E402
+from lmforge.components.pretraining.models import build_bert  # noqa: E402
+from lmforge.components.training.trainer import resolve_accelerator, total_steps  # noqa: E402
+from lmforge.components.tokenizer import train_bert_tokenizer  # noqa: E402
 from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, best_trainer_settings, bf16_available,  # noqa: E402
                     environment, greenlet, quiet_and_restored, write_report)
 
@@ -268,7 +268,7 @@ def task_data(args) -> tuple[dict, object]:
     if args.glue_dir:
         from datasets import Dataset
 
-        from components.data.glue_tsv import read_glue_dir
+        from lmforge.components.data.glue_tsv import read_glue_dir
 
         data = read_glue_dir(Path(args.glue_dir), args.task)
         task = args.task.lower().replace("-", "")

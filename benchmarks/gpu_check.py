@@ -31,12 +31,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.pretraining.throughput import measure_peak_flops  # noqa: E402
+from lmforge.components.pretraining.throughput import measure_peak_flops  # noqa: E402
 
 
 def lmforge(root: Path, *args: str) -> float:
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "components.cli", *args], cwd=root, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "lmforge.components.cli", *args], cwd=root, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     if result.returncode != 0:
         raise SystemExit(f"lmforge {' '.join(args)} failed:\n{result.stderr[-4000:]}")

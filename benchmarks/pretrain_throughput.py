@@ -30,17 +30,17 @@ from transformers import (  # noqa: E402
     TrainingArguments, default_data_collator,
 )
 
-from components.config import BertTokenizerConfig, DemoConfig, GptTokenizerConfig, MaskingConfig, ModelConfig, TrainConfig  # noqa: E402
-from components.data.demo import build_demo  # noqa: E402
-from components.pretraining.bert_data import build_bert_examples  # noqa: E402
-from components.pretraining.collate import MaskingCollator, gpt_collate  # noqa: E402
-from components.pretraining.gpt_data import build_gpt_blocks  # noqa: E402
-from components.pretraining.models import build_bert, build_gpt, count_flops_per_token  # noqa: E402
-from components.pretraining.module import BertPretrainModule, GptPretrainModule  # noqa: E402
-from components.pretraining.throughput import ThroughputLogger, measure_peak_flops  # noqa: E402
-from components.pretraining.trainer import PretrainDataModule  # noqa: E402
-from components.training.trainer import resolve_accelerator, unwrap  # noqa: E402
-from components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer  # noqa: E402
+from lmforge.components.config import BertTokenizerConfig, DemoConfig, GptTokenizerConfig, MaskingConfig, ModelConfig, TrainConfig  # noqa: E402
+from lmforge.components.data.demo import build_demo  # noqa: E402
+from lmforge.components.pretraining.bert_data import build_bert_examples  # noqa: E402
+from lmforge.components.pretraining.collate import MaskingCollator, gpt_collate  # noqa: E402
+from lmforge.components.pretraining.gpt_data import build_gpt_blocks  # noqa: E402
+from lmforge.components.pretraining.models import build_bert, build_gpt, count_flops_per_token  # noqa: E402
+from lmforge.components.pretraining.module import BertPretrainModule, GptPretrainModule  # noqa: E402
+from lmforge.components.pretraining.throughput import ThroughputLogger, measure_peak_flops  # noqa: E402
+from lmforge.components.pretraining.trainer import PretrainDataModule  # noqa: E402
+from lmforge.components.training.trainer import resolve_accelerator, unwrap  # noqa: E402
+from lmforge.components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer  # noqa: E402
 from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, best_trainer_settings, bf16_available,  # noqa: E402
                     environment, greenlet, quiet_and_restored, write_report)
 
@@ -270,9 +270,9 @@ def load_corpus(args):
     """The benchmark's train and validation documents: --corpus files, or the demo world's corpus."""
     if args.corpus is None:
         return build_demo(DemoConfig(entities=40, corpus_documents=args.documents))["corpus"]
-    from components.config import HoldoutConfig, SourceConfig
-    from components.data.holdout import carve_rows
-    from components.data.local import read_local
+    from lmforge.components.config import HoldoutConfig, SourceConfig
+    from lmforge.components.data.holdout import carve_rows
+    from lmforge.components.data.local import read_local
 
     source = SourceConfig(name="corpus", source="local", format="text", data_files=args.corpus, text_unit="paragraph")
     return carve_rows(read_local(source, Path(".")), "validation", HoldoutConfig(fraction=0.05), "corpus")

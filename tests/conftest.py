@@ -46,8 +46,8 @@ def tiny_corpus(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tokenizers_dir(tmp_path_factory) -> Path:
     """BERT and GPT tokenizers trained once per session on the tiny corpus: <dir>/bert, <dir>/gpt."""
-    from components.config import TokenizerConfig
-    from components.tokenizer import train_tokenizers
+    from lmforge.components.config import TokenizerConfig
+    from lmforge.components.tokenizer import train_tokenizers
 
     root = tmp_path_factory.mktemp("tokenizers")
     corpus = root / "corpus"
@@ -113,7 +113,7 @@ def prefect_api(request, tmp_path_factory) -> str:
     Tests find their own flow runs, experiments and models by name or id."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.serve import server_is_up
+    from lmforge.flows.serve import server_is_up
 
     api = getattr(request.config, "workerinput", {}).get("lmforge_prefect_api")
     if api is None:
@@ -172,8 +172,8 @@ def nan_loss_at(monkeypatch, module_class, step: int) -> None:
 def run_stage_in(root: Path, name: str, *overrides: str) -> list[Path]:
     """`lmforge stage NAME -S ...` in `root`, called in this process: for a test's preparation, where a
     process of its own would cost its imports and show nothing more."""
-    from components.config import load_params
-    from components.stages import STAGES
+    from lmforge.components.config import load_params
+    from lmforge.components.stages import STAGES
 
     before = os.getcwd()
     os.chdir(root)
@@ -197,7 +197,7 @@ def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs:
     root.mkdir()
     for name in ["dvc.yaml", ".dvcignore", ".gitignore"]:
         shutil.copy(REPO / name, root / name)
-    for name in [".dvc", "components", "flows"]:
+    for name in [".dvc", "lmforge"]:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("tmp", "cache", "__pycache__"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["ingest"]["demo"].update(SMALL_DEMO)

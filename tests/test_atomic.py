@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from components.atomic import HOST, atomic_dir, remove_stale, umask, write_json
+from lmforge.components.atomic import HOST, atomic_dir, remove_stale, umask, write_json
 
 
 @pytest.fixture

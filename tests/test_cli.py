@@ -4,7 +4,7 @@ import sys
 import pytest
 import yaml
 
-from components.cli import main
+from lmforge.components.cli import main
 from tests.conftest import REPO
 
 
@@ -17,7 +17,7 @@ def test_params_prints_effective_values(capsys):
 
 def test_user_error_is_one_line_exit_2_no_traceback():
     result = subprocess.run(
-        [sys.executable, "-m", "components.cli", "params", "-p", str(REPO / "params.yaml"),
+        [sys.executable, "-m", "lmforge.components.cli", "params", "-p", str(REPO / "params.yaml"),
          "-S", "tokenizer.bert.vocab_size=5"],
         capture_output=True, text=True, cwd=REPO,
     )
@@ -39,8 +39,8 @@ def test_a_flow_ends_with_a_summary_that_answers(tmp_path):
     where to look next."""
     import json
 
-    from components.cli import summary
-    from components.config import Params
+    from lmforge.components.cli import summary
+    from lmforge.components.config import Params
 
     (tmp_path / "m.json").write_text(json.dumps({"score": 0.875}))
     (tmp_path / "pretrained_vs_scratch.json").write_text(json.dumps({"rows": [
@@ -72,16 +72,16 @@ def test_known_library_chatter_stays_off_the_console_and_in_the_log_file(verbose
     code = f"""
 import logging, warnings
 from pathlib import Path
-from components.console import configure, log_file
+from lmforge.components.console import configure, log_file
 configure({verbose})
 import datasets, lightning.pytorch
-import components.training.trainer  # what every lmforge training imports
+import lmforge.components.training.trainer  # what every lmforge training imports
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 with log_file(Path({str(log)!r})):
     rank_zero_info("GPU available: False")
     warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").warning("a real warning")
-    logging.getLogger("components.stages").info("ingest: ran")
+    logging.getLogger("lmforge.components.stages").info("ingest: ran")
 print("bars", datasets.is_progress_bar_enabled())
 """
     done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, check=True)

@@ -3,10 +3,10 @@ tags every run carries, the data a run used as MLflow dataset inputs, the experi
 
 import pytest
 
-from components.compare import collect_groups, compare_runs, plot_groups, render
-from components.config import TrackingConfig
-from components.errors import LmforgeError
-from components.tracking import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, client_run, flow_run, parent_run)
+from lmforge.components.compare import collect_groups, compare_runs, plot_groups, render
+from lmforge.components.config import TrackingConfig
+from lmforge.components.errors import LmforgeError
+from lmforge.components.tracking import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, client_run, flow_run, parent_run)
 
 EXPERIMENT = "lmforge-pipeline"
 FLOW_ID = "0f3c2a51-9d1e-4c47-b0a2-5a6f3b1c7e88"
@@ -146,7 +146,7 @@ def test_filters_by_task_model_flow_run_and_metric(store, tmp_path):
 
 
 def test_cli_compare(store, tmp_path, capsys):
-    from components.cli import main
+    from lmforge.components.cli import main
 
     tracking, _ = store
     params = tmp_path / "params.yaml"
@@ -164,10 +164,10 @@ def test_cli_compare(store, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """data/raw/sst2 (demo) and models/bert-pretrained, a tiny random BERT."""
-    from components.config import BertTokenizerConfig, DemoConfig, ModelConfig
-    from components.data.demo import build_demo
-    from components.pretraining.models import build_bert
-    from components.tokenizer import train_bert_tokenizer
+    from lmforge.components.config import BertTokenizerConfig, DemoConfig, ModelConfig
+    from lmforge.components.data.demo import build_demo
+    from lmforge.components.pretraining.models import build_bert
+    from lmforge.components.tokenizer import train_bert_tokenizer
 
     root = tmp_path_factory.mktemp("compare")
     demo = build_demo(DemoConfig(entities=40, corpus_documents=60, glue_train=32, glue_eval=16))
@@ -184,10 +184,10 @@ def test_a_finetune_and_evaluate_run_carry_tags_dataset_inputs_and_a_training_ex
                                                                                       monkeypatch):
     import mlflow
 
-    from components.config import EvaluateConfig, FinetuneConfig, FinetuneRun
-    from components.evaluation.evaluate import evaluate_model
-    from components.finetuning.stage import finetune_glue
-    from components.versioning import dvc_hash
+    from lmforge.components.config import EvaluateConfig, FinetuneConfig, FinetuneRun
+    from lmforge.components.evaluation.evaluate import evaluate_model
+    from lmforge.components.finetuning.finetune import finetune_glue
+    from lmforge.components.versioning import dvc_hash
 
     monkeypatch.chdir(workspace)
     tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="lmforge")
@@ -232,7 +232,7 @@ def test_a_finetune_and_evaluate_run_carry_tags_dataset_inputs_and_a_training_ex
 def test_dvc_hash_is_what_dvc_records(tmp_path, monkeypatch):
     from dvc.repo import Repo
 
-    from components.versioning import dvc_hash
+    from lmforge.components.versioning import dvc_hash
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "sub").mkdir(parents=True)

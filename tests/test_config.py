@@ -1,7 +1,7 @@
 import pytest
 
-from components.config import Params, apply_override, load_params, validate_params
-from components.errors import LmforgeError
+from lmforge.components.config import Params, apply_override, load_params, validate_params
+from lmforge.components.errors import LmforgeError
 from tests.conftest import REPO
 
 

@@ -7,9 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 from datasets import List, Value  # noqa: E402
 
-from components.data.conll import iob1_to_iob2, read_conll  # noqa: E402
-from components.data.schemas import CONLL_FEATURES  # noqa: E402
-from components.errors import LmforgeError  # noqa: E402
+from lmforge.components.data.conll import iob1_to_iob2, read_conll  # noqa: E402
+from lmforge.components.data.schemas import CONLL_FEATURES  # noqa: E402
+from lmforge.components.errors import LmforgeError  # noqa: E402
 
 # The start of CoNLL-2003's eng.train as first distributed: IOB1, so entities start with I-.
 ENG_TRAIN = """-DOCSTART- -X- O O

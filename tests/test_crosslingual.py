@@ -7,12 +7,12 @@ from collections import Counter
 import pytest
 from datasets import Dataset, DatasetDict
 
-from components.config import BertTokenizerConfig, CrosslingualConfig, DemoConfig, FinetuneConfig, ModelConfig, TrackingConfig
-from components.data.demo import build_demo
-from components.errors import LmforgeError
-from components.evaluation.crosslingual import crosslingual_report, retrieval, script, split_languages
-from components.pretraining.models import build_bert
-from components.tokenizer import train_bert_tokenizer
+from lmforge.components.config import BertTokenizerConfig, CrosslingualConfig, DemoConfig, FinetuneConfig, ModelConfig, TrackingConfig
+from lmforge.components.data.demo import build_demo
+from lmforge.components.errors import LmforgeError
+from lmforge.components.evaluation.crosslingual import crosslingual_report, retrieval, script, split_languages
+from lmforge.components.pretraining.models import build_bert
+from lmforge.components.tokenizer import train_bert_tokenizer
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 OFF = TrackingConfig(enabled=False)
@@ -84,7 +84,7 @@ def test_language_by_script_and_one_language_is_a_clear_error(workspace, tmp_pat
     english.save_to_disk(str(raw / "corpus"))
     DatasetDict({"train": Dataset.from_dict({"source": ["a", "b", "c", "d", "e"],
                                              "target": ["x", "y", "z", "w", "v"]})}).save_to_disk(str(raw / "same"))
-    from components.evaluation.crosslingual import language_vector
+    from lmforge.components.evaluation.crosslingual import language_vector
 
     with pytest.raises(LmforgeError, match=r"both columns are in LATIN script"):
         language_vector(config(workspace, dictionary="same"), raw)

@@ -5,10 +5,10 @@ from collections import Counter
 
 import pytest
 
-from components.config import DemoConfig
-from components.data.demo import build_demo, demo_task
-from components.data.schemas import GLUE_TASKS, task_features, validate
-from components.data.world import build_world
+from lmforge.components.config import DemoConfig
+from lmforge.components.data.demo import build_demo, demo_task
+from lmforge.components.data.schemas import GLUE_TASKS, task_features, validate
+from lmforge.components.data.world import build_world
 
 SMALL = DemoConfig(entities=60, corpus_documents=200, glue_train=120, glue_eval=40, qa_train=60, qa_eval=30,
                    ner_train=40, ner_eval=20)
@@ -133,7 +133,7 @@ def test_default_demo_builds_quickly():
 
 
 def test_fact_probes_mask_one_fact_stated_nowhere_else_in_the_text():
-    from components.pretraining.probe import candidates, fact_probes
+    from lmforge.components.pretraining.probe import candidates, fact_probes
 
     world = build_world(0, 30)
     probes = fact_probes(world, seed=0)
@@ -149,7 +149,7 @@ def test_the_world_is_told_in_chinese_with_the_same_facts_and_no_translated_pair
     Latin letters, common words in Chinese), and no document holds both languages' sentences."""
     import random
 
-    from components.data.world import CHINESE, biography, biography_zh
+    from lmforge.components.data.world import CHINESE, biography, biography_zh
 
     docs = demo["corpus"]["train"]["text"]
     chinese = [d for d in docs if "。" in d]

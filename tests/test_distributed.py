@@ -61,8 +61,8 @@ def test_pretraining_on_two_processes_after_a_kill_and_on_two_nodes(tmp_path):
     attempt and one export, the validation numbers one process gives for the exported weights."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from components.config import load_params
-    from components.pretraining.stages import validate_exported
+    from lmforge.components.config import load_params
+    from lmforge.components.pretraining.pretrain import validate_exported
 
     # 1. BERT on two processes, killed (kill -9, every process) in the middle, then the same command again.
     root = prepared(tmp_path, finetune_runs={})
@@ -125,9 +125,9 @@ def test_pretraining_on_two_processes_after_a_kill_and_on_two_nodes(tmp_path):
 def test_finetuning_on_two_processes_keeps_the_best_checkpoint_by_the_whole_split(tmp_path, monkeypatch, prefect_api):
     """GLUE and QA with `lmforge stage`, tagging through the finetune flow, on two processes: each rank
     scores half the validation split; gathered, the numbers are those one process gives the exported weights."""
-    from components.config import EvaluateConfig, TrackingConfig, load_params
-    from components.evaluation.evaluate import evaluate_model
-    from flows.pipeline import finetune
+    from lmforge.components.config import EvaluateConfig, TrackingConfig, load_params
+    from lmforge.components.evaluation.evaluate import evaluate_model
+    from lmforge.flows.pipeline import finetune
 
     root = prepared(tmp_path, finetune_runs={})
     run_stage_in(root, "pretrain-bert", "pretrain.bert.train.max_steps=4")

@@ -7,15 +7,15 @@ import pytest
 import torch
 from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
 
-from components.config import (BertTokenizerConfig, DemoConfig, EvaluateConfig, FinetuneConfig, FinetuneRun,
+from lmforge.components.config import (BertTokenizerConfig, DemoConfig, EvaluateConfig, FinetuneConfig, FinetuneRun,
                                ModelConfig, TrackingConfig)
-from components.data.demo import build_demo
-from components.errors import LmforgeError
-from components.evaluation.evaluate import evaluate_model
-from components.finetuning.metrics import seqeval_metrics, squad_metrics
-from components.finetuning.stage import finetune
-from components.pretraining.models import bert_config, build_bert
-from components.tokenizer import train_bert_tokenizer
+from lmforge.components.data.demo import build_demo
+from lmforge.components.errors import LmforgeError
+from lmforge.components.evaluation.evaluate import evaluate_model
+from lmforge.components.finetuning.metrics import seqeval_metrics, squad_metrics
+from lmforge.components.finetuning.finetune import finetune
+from lmforge.components.pretraining.models import bert_config, build_bert
+from lmforge.components.tokenizer import train_bert_tokenizer
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 OFF = TrackingConfig(enabled=False)

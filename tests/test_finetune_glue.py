@@ -5,12 +5,12 @@ import json
 import pytest
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from components.config import BertTokenizerConfig, DemoConfig, FinetuneConfig, FinetuneRun, GptTokenizerConfig, ModelConfig, TrackingConfig
-from components.data.demo import build_demo
-from components.errors import LmforgeError
-from components.finetuning.stage import finetune_glue
-from components.pretraining.models import build_bert, build_gpt
-from components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer
+from lmforge.components.config import BertTokenizerConfig, DemoConfig, FinetuneConfig, FinetuneRun, GptTokenizerConfig, ModelConfig, TrackingConfig
+from lmforge.components.data.demo import build_demo
+from lmforge.components.errors import LmforgeError
+from lmforge.components.finetuning.finetune import finetune_glue
+from lmforge.components.pretraining.models import build_bert, build_gpt
+from lmforge.components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 OFF = TrackingConfig(enabled=False)
@@ -101,7 +101,7 @@ def test_gpt1_auxiliary_lm_loss_is_the_lm_heads_loss_and_trains_with_the_head(wo
     import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from components.finetuning.classification import causal_lm_loss
+    from lmforge.components.finetuning.classification import causal_lm_loss
 
     folder = workspace / "models" / "gpt-pretrained"
     lm, tok = GPT2LMHeadModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
@@ -115,7 +115,7 @@ def test_gpt1_auxiliary_lm_loss_is_the_lm_heads_loss_and_trains_with_the_head(wo
                               batch["attention_mask"])
     assert abs(ours.item() - out.loss.item()) < 1e-5
 
-    import components.finetuning.classification as classification
+    import lmforge.components.finetuning.classification as classification
 
     calls = []
     monkeypatch.setattr(classification, "causal_lm_loss", lambda *a: calls.append(1) or causal_lm_loss(*a))

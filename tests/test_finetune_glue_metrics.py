@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from components.errors import LmforgeError
-from components.finetuning.metrics import glue_metrics, glue_score, main_metric, task_score
+from lmforge.components.errors import LmforgeError
+from lmforge.components.finetuning.metrics import glue_metrics, glue_score, main_metric, task_score
 
 
 def test_cola_matthews_by_hand():

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from components.errors import LmforgeError
-from components.finetuning.metrics import (
+from lmforge.components.errors import LmforgeError
+from lmforge.components.finetuning.metrics import (
     exact_match,
     f1,
     find_best_threshold,

@@ -7,14 +7,14 @@ from datasets import ClassLabel, Features, List, Value, load_from_disk
 from seqeval.metrics.sequence_labeling import get_entities
 from transformers import AutoModelForTokenClassification, pipeline
 
-from components.config import BertTokenizerConfig, DemoConfig, FinetuneConfig, FinetuneRun, ModelConfig, TrackingConfig
-from components.data.demo import build_demo
-from components.data.schemas import CONLL_NER_TAGS
-from components.errors import LmforgeError
-from components.finetuning.metrics import seqeval_metrics
-from components.finetuning.stage import finetune
-from components.pretraining.models import build_bert
-from components.tokenizer import train_bert_tokenizer
+from lmforge.components.config import BertTokenizerConfig, DemoConfig, FinetuneConfig, FinetuneRun, ModelConfig, TrackingConfig
+from lmforge.components.data.demo import build_demo
+from lmforge.components.data.schemas import CONLL_NER_TAGS
+from lmforge.components.errors import LmforgeError
+from lmforge.components.finetuning.metrics import seqeval_metrics
+from lmforge.components.finetuning.finetune import finetune
+from lmforge.components.pretraining.models import build_bert
+from lmforge.components.tokenizer import train_bert_tokenizer
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 OFF = TrackingConfig(enabled=False)

@@ -29,10 +29,10 @@ def flow_log_lines() -> list[str]:
 def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monkeypatch, prefect_api):
     import mlflow
 
-    from components.config import load_params
-    from components.registry.gate import register
-    from components.registry.stage import candidate
-    from flows.pipeline import pipeline
+    from lmforge.components.config import load_params
+    from lmforge.components.registry.gate import register
+    from lmforge.components.registry.register import candidate
+    from lmforge.flows.pipeline import pipeline
 
     root = make_project(tmp_path, lecture_reports=True)
     monkeypatch.chdir(root)
@@ -114,7 +114,7 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     assert client.get_model_version("lmforge-bert-rte", "2").tags["gate.decision"] == "candidate"
 
     # Runs side by side, as `lmforge compare` prints them.
-    from components.compare import compare_runs
+    from lmforge.components.compare import compare_runs
 
     table = compare_runs(params.tracking, "lmforge-pipeline", "validation/accuracy", plot_path=root / "compare.png")
     assert "finetune-bert-rte" in table and "finetune-gpt-sst2" in table and (root / "compare.png").stat().st_size > 0
@@ -124,7 +124,7 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     assert {s["status"] for s in second["stages"]} == {"skipped"} and second["registered"] == []
     assert len(client.search_model_versions("name = 'lmforge-bert-pretrained'")) == 1
     # The register stage run again by hand on the same weights finds the version that holds them.
-    from components.stages import register as register_stage
+    from lmforge.components.stages import register as register_stage
 
     (receipt,) = register_stage(load_params("params.yaml", ["registry.model=bert-pretrained"]))
     again = json.loads(receipt.read_text())
@@ -132,7 +132,7 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     assert len(client.search_model_versions("name = 'lmforge-bert-pretrained'")) == 1
 
     # The finetune flow starts from a registered model by alias.
-    from flows.pipeline import finetune
+    from lmforge.flows.pipeline import finetune
 
     tuned = finetune(tasks=["rte"], init="models:/lmforge-bert-pretrained@champion", params_file="params.yaml")
     name = "bert-lmforge-bert-pretrained-champion-rte"
@@ -143,8 +143,8 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
 
 
 def test_transient_faults_are_retried_user_errors_are_not():
-    from components.errors import LmforgeError
-    from flows.tasks import is_transient
+    from lmforge.components.errors import LmforgeError
+    from lmforge.flows.tasks import is_transient
 
     assert is_transient(ConnectionRefusedError(111, "Connection refused"))
     assert is_transient(RuntimeError("API request to http://127.0.0.1:5000 failed: Max retries exceeded"))
@@ -159,9 +159,9 @@ def test_independent_stages_run_at_once_each_after_what_it_needs(tmp_path, monke
 
     from prefect import flow
 
-    from components.config import Params
-    from components.stages import PlannedStage
-    from flows.pipeline import Step, run_all
+    from lmforge.components.config import Params
+    from lmforge.components.stages import PlannedStage
+    from lmforge.flows.pipeline import Step, run_all
 
     monkeypatch.chdir(tmp_path)  # not a DVC project: every stage runs, nothing is recorded
     events, lock = [], threading.Lock()

@@ -6,9 +6,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from components.data.glue_tsv import read_glue_dir  # noqa: E402
-from components.data.schemas import GLUE_TASKS  # noqa: E402
-from components.errors import LmforgeError  # noqa: E402
+from lmforge.components.data.glue_tsv import read_glue_dir  # noqa: E402
+from lmforge.components.data.schemas import GLUE_TASKS  # noqa: E402
+from lmforge.components.errors import LmforgeError  # noqa: E402
 
 MNLI_PARSES = "( ( The cat ) ( sat . ) )\t( ( A cat ) sat )\t(ROOT (S (NP The cat) (VP sat)))\t(ROOT (S (NP A cat) (VP sat)))"
 MNLI_HEADER = (

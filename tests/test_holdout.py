@@ -6,10 +6,10 @@ import json
 import pytest
 from datasets import load_from_disk
 
-from components.config import HoldoutConfig, IngestConfig
-from components.data.holdout import carve_rows, choose
-from components.data.ingest import ingest
-from components.errors import LmforgeError
+from lmforge.components.config import HoldoutConfig, IngestConfig
+from lmforge.components.data.holdout import carve_rows, choose
+from lmforge.components.data.ingest import ingest
+from lmforge.components.errors import LmforgeError
 
 
 def write_corpus(folder, n_files: int, lines_per_file: int = 3, start: int = 0) -> None:
@@ -98,7 +98,7 @@ def test_duplicate_rows_land_on_the_same_side():
 
 
 def test_qa_settings_are_checked_for_qa_tasks_only():
-    from components.config import validate_params
+    from lmforge.components.config import validate_params
 
     params = validate_params({"finetune": {"task": "sst2", "max_seq_length": 64}})  # doc_stride 32 is fine for SST-2
     assert params.finetune.max_seq_length == 64

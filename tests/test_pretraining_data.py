@@ -5,10 +5,10 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from components.config import MaskingConfig
-from components.pretraining.bert_data import build_bert_examples, split_sentences
-from components.pretraining.collate import MaskingCollator, ResumableBatchSampler, mask_tokens
-from components.pretraining.gpt_data import build_gpt_blocks
+from lmforge.components.config import MaskingConfig
+from lmforge.components.pretraining.bert_data import build_bert_examples, split_sentences
+from lmforge.components.pretraining.collate import MaskingCollator, ResumableBatchSampler, mask_tokens
+from lmforge.components.pretraining.gpt_data import build_gpt_blocks
 
 # Each sentence is one distinct word, so a segment's words say which sentences it holds, in order.
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
@@ -23,8 +23,8 @@ def numbered_docs(n_docs=40, per_doc=8):
 @pytest.fixture(scope="module")
 def bert_tok():
     """A WordPiece tokenizer that knows every word of the numbered documents as one token."""
-    from components.config import BertTokenizerConfig
-    from components.tokenizer import train_bert_tokenizer
+    from lmforge.components.config import BertTokenizerConfig
+    from lmforge.components.tokenizer import train_bert_tokenizer
 
     return train_bert_tokenizer(numbered_docs(200), BertTokenizerConfig(vocab_size=300, min_frequency=1))
 

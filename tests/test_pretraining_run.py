@@ -9,10 +9,10 @@ from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, pipeline
 
-from components.config import BertPretrainConfig, GptPretrainConfig, TrackingConfig
-from components.errors import LmforgeError
-from components.pretraining import stages
-from components.pretraining.module import BertPretrainModule
+from lmforge.components.config import BertPretrainConfig, GptPretrainConfig, TrackingConfig
+from lmforge.components.errors import LmforgeError
+from lmforge.components.pretraining import pretrain
+from lmforge.components.pretraining.module import BertPretrainModule
 from tests.conftest import CORPUS, nan_loss_at
 
 TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
@@ -48,7 +48,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, co
     """Weights, metrics and the snapshots kept along the way (step 10's written before the kill and
     again after the resume from step 8) are those of a run never stopped."""
     steps = (0, 4, 10, 12)
-    stages.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir, "straight", steps), corpus, OFF)
+    pretrain.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir, "straight", steps), corpus, OFF)
 
     killed = bert_cfg(tmp_path, tokenizers_dir, "killed", steps)
     original = BertPretrainModule.training_step
@@ -60,12 +60,12 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, co
 
     monkeypatch.setattr(BertPretrainModule, "training_step", crash_at_step_10)
     with pytest.raises(Crash):
-        stages.pretrain_bert(killed, corpus, OFF)
+        pretrain.pretrain_bert(killed, corpus, OFF)
     assert not (tmp_path / "killed").exists()  # nothing exported from the interrupted run
     assert torch.load(tmp_path / "runs/killed/checkpoints/last.ckpt", weights_only=True)["global_step"] == 8
 
     monkeypatch.setattr(BertPretrainModule, "training_step", original)
-    stages.pretrain_bert(killed, corpus, OFF)
+    pretrain.pretrain_bert(killed, corpus, OFF)
     straight, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "killed"))
     assert resumed["steps"] == straight["steps"] == 12
     a = load_file(tmp_path / "straight" / "model.safetensors")
@@ -83,7 +83,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, co
     assert not all(torch.equal(first[k], final[k]) for k in final)
     assert sorted(p.name for p in (tmp_path / "snapshots/straight").iterdir()) == ["step-0", "step-10", "step-12", "step-4"]
     # Keeping snapshots does not change the training (building a copy draws no random numbers from the run).
-    stages.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir, "plain"), corpus, OFF)
+    pretrain.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir, "plain"), corpus, OFF)
     plain = load_file(tmp_path / "plain" / "model.safetensors")
     assert all(torch.equal(plain[k], final[k]) for k in final)
 
@@ -91,7 +91,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, co
 def test_non_finite_loss_stops_with_the_step_and_exports_nothing(tmp_path, tokenizers_dir, corpus, monkeypatch):
     nan_loss_at(monkeypatch, BertPretrainModule, 3)
     with pytest.raises(LmforgeError, match=r"pretrain-bert: training loss became nan at step 3; nothing was exported"):
-        stages.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir), corpus, OFF)
+        pretrain.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir), corpus, OFF)
     assert not (tmp_path / "bert").exists() and not (tmp_path / "bert.json").exists()
 
 
@@ -99,7 +99,7 @@ def test_non_finite_loss_stops_with_the_step_and_exports_nothing(tmp_path, token
 def test_bert_export_loads_with_auto_classes_and_fill_mask(tmp_path, tokenizers_dir, corpus, objective):
     cfg = bert_cfg(tmp_path, tokenizers_dir, max_steps=4)
     cfg.objective = objective
-    out = stages.pretrain_bert(cfg, corpus, OFF)
+    out = pretrain.pretrain_bert(cfg, corpus, OFF)
     assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
@@ -120,7 +120,7 @@ def test_gpt_trains_exports_and_logs_to_mlflow(tmp_path, tokenizers_dir, corpus)
         "train": {"max_steps": 40, "batch_size": 8, "val_every_n_steps": 20, "log_every_n_steps": 5,
                   "learning_rate": 3e-3, "warmup_steps": 5},
     })
-    out = stages.pretrain_gpt(cfg, corpus, tracking)
+    out = pretrain.pretrain_gpt(cfg, corpus, tracking)
     generated = pipeline("text-generation", model=str(out))("Talia Brandt", max_new_tokens=5, do_sample=False)
     assert generated[0]["generated_text"].startswith("Talia Brandt")
     assert AutoModelForCausalLM.from_pretrained(out).config.n_embd == 64
@@ -144,7 +144,7 @@ def test_progress_bar_counts_epochs_from_one_out_of_what_max_steps_makes():
     """Every run stops at max_steps (max_epochs -1): Lightning's own bar said "Epoch 0/-2"."""
     from types import SimpleNamespace
 
-    from components.training.trainer import ProgressBar
+    from lmforge.components.training.trainer import ProgressBar
 
     bar = ProgressBar()
     bar._trainer = SimpleNamespace(num_training_batches=13, max_steps=65, accumulate_grad_batches=1)

@@ -9,13 +9,13 @@ from datasets import Dataset, DatasetDict
 from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from components.config import GptTokenizerConfig, PromptConfig, PromptRun, TrackingConfig
-from components.data.schemas import GLUE_TASKS
-from components.errors import LmforgeError
-from components.finetuning.prompting import (
+from lmforge.components.config import GptTokenizerConfig, PromptConfig, PromptRun, TrackingConfig
+from lmforge.components.data.schemas import GLUE_TASKS
+from lmforge.components.errors import LmforgeError
+from lmforge.components.prompting import (
     demonstration, encode_prompt, generate, majority_label, pick_demonstrations, prompt_classify,
 )
-from components.tokenizer import train_gpt_tokenizer
+from lmforge.components.tokenizer import train_gpt_tokenizer
 
 OFF = TrackingConfig(enabled=False)
 POSITIONS = 128

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from components.config import Params, RegistryConfig, TrackingConfig, load_params
-from components.errors import LmforgeError
-from components.registry import gate
-from components.registry.gate import Candidate
+from lmforge.components.config import Params, RegistryConfig, TrackingConfig, load_params
+from lmforge.components.errors import LmforgeError
+from lmforge.components.registry import gate
+from lmforge.components.registry.gate import Candidate
 from tests.conftest import CORPUS, REPO
 
 
@@ -74,8 +74,8 @@ def bert_folders(tokenizers_dir, tmp_path_factory):
     from datasets import Dataset
     from transformers import BertConfig, BertForMaskedLM
 
-    from components.config import BertTokenizerConfig
-    from components.tokenizer import train_bert_tokenizer
+    from lmforge.components.config import BertTokenizerConfig
+    from lmforge.components.tokenizer import train_bert_tokenizer
 
     root = tmp_path_factory.mktemp("heldout")
     tokenizers = {"a": train_bert_tokenizer(Dataset.from_dict({"text": CORPUS}), BertTokenizerConfig(vocab_size=300, min_frequency=1)),
@@ -90,7 +90,7 @@ def bert_folders(tokenizers_dir, tmp_path_factory):
 
 
 def test_masked_words_are_the_same_whatever_the_tokenizer(bert_folders):
-    from components.evaluation.heldout import masked_word_accuracy
+    from lmforge.components.evaluation.heldout import masked_word_accuracy
 
     texts = CORPUS[:5]
     a = masked_word_accuracy(bert_folders / "a", texts, 64, probability=0.3, seed=1)
@@ -104,7 +104,7 @@ def test_masked_words_are_the_same_whatever_the_tokenizer(bert_folders):
 def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_per_byte(tokenizers_dir, tmp_path):
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from components.evaluation.heldout import bits_per_byte
+    from lmforge.components.evaluation.heldout import bits_per_byte
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizers_dir / "gpt")
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=64))
@@ -125,8 +125,8 @@ def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_per_byte(tokenizers_dir,
 
 
 def test_every_dvc_stage_is_an_lmforge_stage_the_flows_can_plan():
-    from components.stages import STAGES, plan
-    from components.versioning import DvcProject
+    from lmforge.components.stages import STAGES, plan
+    from lmforge.components.versioning import DvcProject
 
     params = load_params(REPO / "params.yaml")
     graph = DvcProject(REPO).stages()
@@ -147,7 +147,7 @@ def test_every_dvc_stage_is_an_lmforge_stage_the_flows_can_plan():
 
 
 def test_a_command_that_is_not_an_lmforge_stage_is_refused():
-    from components.stages import plan
+    from lmforge.components.stages import plan
 
     with pytest.raises(LmforgeError, match=r"dvc.yaml: stage train: cmd 'python train.py' is not `lmforge stage NAME"):
         plan("train", "python train.py", Params())

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from components.config import EvaluateConfig, ModelConfig
-from components.errors import LmforgeError
-from components.evaluation.comparison import pretrained_vs_scratch_report
-from components.evaluation.why_bert import why_bert_report
-from components.evaluation.why_bert import sense_groups, sense_means
-from components.pretraining.models import build_bert
+from lmforge.components.config import EvaluateConfig, ModelConfig
+from lmforge.components.errors import LmforgeError
+from lmforge.components.evaluation.pretrained_vs_scratch import pretrained_vs_scratch_report
+from lmforge.components.evaluation.why_bert import why_bert_report
+from lmforge.components.evaluation.why_bert import sense_groups, sense_means
+from lmforge.components.pretraining.models import build_bert
 
 
 def finetune_report(task, init, splits, model="bert", main="accuracy"):

@@ -6,10 +6,10 @@ import random
 import pytest
 from datasets import Dataset, DatasetDict
 
-from components.config import CorruptionConfig, Seq2SeqAblationConfig, Seq2SeqPretrainConfig, TrackingConfig, \
+from lmforge.components.config import CorruptionConfig, Seq2SeqAblationConfig, Seq2SeqPretrainConfig, TrackingConfig, \
     validate_params
-from components.errors import LmforgeError
-from components.pretraining import corruptions as C
+from lmforge.components.errors import LmforgeError
+from lmforge.components.pretraining import corruptions as C
 from tests.conftest import CORPUS
 
 TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
@@ -107,7 +107,7 @@ def test_the_mix_draws_in_proportion_to_its_weights():
 
 @pytest.fixture(scope="module")
 def bart_tok(tokenizers_dir):
-    from components.pretraining.seq2seq_data import bart_tokenizer
+    from lmforge.components.pretraining.seq2seq_data import bart_tokenizer
 
     return bart_tokenizer(tokenizers_dir / "gpt")
 
@@ -124,7 +124,7 @@ def test_bart_tokenizer_keeps_the_gpt_ids_and_adds_bart_specials(tokenizers_dir,
 
 
 def test_collator_corrupts_inputs_labels_restore_the_original_and_batches_repeat(bart_tok):
-    from components.pretraining.seq2seq_data import DenoisingCollator
+    from lmforge.components.pretraining.seq2seq_data import DenoisingCollator
 
     docs = [bart_tok(t, add_special_tokens=False)["input_ids"] for t in CORPUS[:4]]
     cfg = CorruptionConfig.model_validate({"mix": {"infill": 1, "permute": 1, "mask": 1, "delete": 1, "rotate": 1}})
@@ -160,8 +160,8 @@ def pretrain_cfg(tmp_path, tokenizers_dir, **train):
 def test_pretraining_exports_a_seq2seq_model_that_loads_and_generates(tmp_path, tokenizers_dir, corpus):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from components.evaluation.heldout import restored_word_accuracy
-    from components.pretraining.seq2seq import pretrain_seq2seq
+    from lmforge.components.evaluation.heldout import restored_word_accuracy
+    from lmforge.components.pretraining.seq2seq import pretrain_seq2seq
 
     gpt_config = (tokenizers_dir / "gpt" / "tokenizer_config.json").read_text()
     out = pretrain_seq2seq(pretrain_cfg(tmp_path, tokenizers_dir), corpus, OFF)
@@ -179,7 +179,7 @@ def test_pretraining_exports_a_seq2seq_model_that_loads_and_generates(tmp_path, 
 
 
 def test_ablation_writes_a_row_per_corruption_and_random_init(tmp_path, tokenizers_dir, corpus):
-    from components.evaluation.seq2seq_ablation import MEASURES, corruption_ablation
+    from lmforge.components.evaluation.seq2seq_ablation import MEASURES, corruption_ablation
 
     qa = [("Where was Talia Brandt born?", "Velmora"), ("Where does Oren Vale work?", "Orvane Institute")] * 8
     DatasetDict({split: Dataset.from_dict({"question": [q for q, _ in qa], "answer": [a for _, a in qa]})
@@ -195,7 +195,7 @@ def test_ablation_writes_a_row_per_corruption_and_random_init(tmp_path, tokenize
 
 
 def test_ablation_needs_demo_questions_or_a_qa_dataset(tmp_path, tokenizers_dir, corpus):
-    from components.evaluation.seq2seq_ablation import corruption_ablation
+    from lmforge.components.evaluation.seq2seq_ablation import corruption_ablation
 
     cfg = Seq2SeqAblationConfig(out=str(tmp_path / "abl.json"), plot=str(tmp_path / "abl.png"))
     with pytest.raises(LmforgeError, match=r"seq2seq_ablation.qa_dataset: .* is not the built-in demo corpus"):
@@ -203,8 +203,8 @@ def test_ablation_needs_demo_questions_or_a_qa_dataset(tmp_path, tokenizers_dir,
 
 
 def test_demo_world_questions_train_on_train_people_and_score_on_eval_people():
-    from components.data.world import build_world
-    from components.evaluation.seq2seq_ablation import world_pairs
+    from lmforge.components.data.world import build_world
+    from lmforge.components.evaluation.seq2seq_ablation import world_pairs
 
     world = build_world(0, 20)
     train, held = world_pairs(world)

@@ -15,17 +15,17 @@ from tests.conftest import REPO, make_project, run_stage_in, sh
 
 
 def test_prefect_yaml_declares_the_deployments_serve_serves():
-    """Defined once: prefect.yaml (for `prefect deploy` to a work pool) agrees with flows/serve.py."""
-    from components.config import OrchestrationConfig
-    from flows.pipeline import FLOWS
-    from flows.serve import DEPLOYMENTS, SCHEDULED
+    """Defined once: prefect.yaml (for `prefect deploy` to a work pool) agrees with lmforge/flows/serve.py."""
+    from lmforge.components.config import OrchestrationConfig
+    from lmforge.flows.pipeline import FLOWS
+    from lmforge.flows.serve import DEPLOYMENTS, SCHEDULED
 
     declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     assert [d["name"] for d in declared] == list(DEPLOYMENTS)
     for d in declared:
         flow_name, parameters = DEPLOYMENTS[d["name"]]
         path, _, function = d["entrypoint"].partition(":")
-        assert path == "flows/pipeline.py" and FLOWS[flow_name].fn.__name__ == function
+        assert path == "lmforge/flows/pipeline.py" and FLOWS[flow_name].fn.__name__ == function
         assert d.get("parameters", {}) == parameters
         schedules = d.get("schedules", [])
         if d["name"] == SCHEDULED:
@@ -40,8 +40,8 @@ def test_serve_publishes_deployments_and_runs_read_params_yaml_when_they_start(t
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    from components.config import load_params
-    from flows.serve import server_is_up
+    from lmforge.components.config import load_params
+    from lmforge.flows.serve import server_is_up
 
     root = make_project(tmp_path)
     # The data is already ingested and recorded, so retrain re-ingests, sees the same hash and stops early.

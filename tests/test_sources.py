@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset, load_from_disk
 
-from components.config import IngestConfig
-from components.data.hub import infer_hub_task, parse_hub_spec
-from components.data.ingest import ingest
-from components.errors import LmforgeError
+from lmforge.components.config import IngestConfig
+from lmforge.components.data.hub import infer_hub_task, parse_hub_spec
+from lmforge.components.data.ingest import ingest
+from lmforge.components.errors import LmforgeError
 
 
 def run_ingest(tmp_path, *sources):

@@ -7,9 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from components.data.schemas import SQUAD_FEATURES  # noqa: E402
-from components.data.squad_json import read_squad_json, squad_task  # noqa: E402
-from components.errors import LmforgeError  # noqa: E402
+from lmforge.components.data.schemas import SQUAD_FEATURES  # noqa: E402
+from lmforge.components.data.squad_json import read_squad_json, squad_task  # noqa: E402
+from lmforge.components.errors import LmforgeError  # noqa: E402
 
 NOTRE_DAME = (
     'Architecturally, the school has a Catholic character. Atop the Main Building\'s gold dome is a golden statue '

@@ -5,9 +5,9 @@ import pytest
 from datasets import Dataset
 from transformers import BertTokenizer
 
-from components.data.schemas import CONLL_FEATURES, CONLL_NER_TAGS
-from components.finetuning.metrics import seqeval_metrics
-from components.finetuning.tagging import align_labels, tags_from_predictions
+from lmforge.components.data.schemas import CONLL_FEATURES, CONLL_NER_TAGS
+from lmforge.components.finetuning.metrics import seqeval_metrics
+from lmforge.components.finetuning.token_classification import align_labels, tags_from_predictions
 
 O, B_PER, I_PER, B_LOC, I_LOC = (CONLL_NER_TAGS.index(t) for t in ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"))
 ID2LABEL = dict(enumerate(CONLL_NER_TAGS))

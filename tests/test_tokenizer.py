@@ -3,9 +3,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from components.config import TokenizerConfig
-from components.errors import LmforgeError
-from components.tokenizer import train_tokenizers
+from lmforge.components.config import TokenizerConfig
+from lmforge.components.errors import LmforgeError
+from lmforge.components.tokenizer import train_tokenizers
 
 
 @pytest.fixture

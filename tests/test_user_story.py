@@ -50,7 +50,7 @@ def write_user_files(root, rng: random.Random, start: int, books: int) -> None:
 
 
 def lmforge(*argv: str) -> None:
-    from components.cli import main
+    from lmforge.components.cli import main
 
     assert main(list(argv)) == 0
 
@@ -91,8 +91,8 @@ def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypat
 
     # 2. The data grows: new books (one of them held out), a book gets longer, more train and dev
     #    reviews. Retrain.
-    from components.config import HoldoutConfig
-    from components.data.holdout import held_out
+    from lmforge.components.config import HoldoutConfig
+    from lmforge.components.data.holdout import held_out
 
     added = 0
     while not any(held_out(f"corpus/book{i:03d}.txt", HoldoutConfig(fraction=0.2)) for i in range(20, 20 + added)):
@@ -116,9 +116,9 @@ def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypat
         assert ("champion" in receipt["aliases"]) == receipt["promoted"]
     # The GPT champion was scored again on the new held-out documents: its recorded number is
     # what the scorer gives version 1's weights on today's data, not the number from its own day.
-    from components.config import load_params
-    from components.registry.packaging import champion_model_dir
-    from components.registry.stage import scorer
+    from lmforge.components.config import load_params
+    from lmforge.components.registry.packaging import champion_model_dir
+    from lmforge.components.registry.register import scorer
 
     gpt = versions(client, "lmforge-gpt-pretrained")
     client.set_registered_model_alias("lmforge-gpt-pretrained", "first", "1")
@@ -140,7 +140,7 @@ def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypat
 
 def test_a_pipeline_of_only_gpt_then_only_pretraining(tmp_path, monkeypatch, prefect_api):
     """Any subset of the stages runs and reports what it has: a target, and no fine-tuning runs."""
-    from flows.pipeline import pipeline
+    from lmforge.flows.pipeline import pipeline
 
     root = make_project(tmp_path, finetune_runs={}, prompt_runs={})
     monkeypatch.chdir(root)

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from components.config import BertTokenizerConfig, DemoConfig, ModelConfig, Params
-from components.data.demo import build_demo
-from components.errors import LmforgeError
-from components.evaluation.when_bert_learns import when_bert_learns_report
-from components.pretraining.models import build_bert
-from components.tokenizer import train_bert_tokenizer
+from lmforge.components.config import BertTokenizerConfig, DemoConfig, ModelConfig, Params
+from lmforge.components.data.demo import build_demo
+from lmforge.components.errors import LmforgeError
+from lmforge.components.evaluation.when_bert_learns import when_bert_learns_report
+from lmforge.components.pretraining.models import build_bert
+from lmforge.components.tokenizer import train_bert_tokenizer
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 

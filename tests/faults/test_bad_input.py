@@ -4,7 +4,7 @@ Every case runs `lmforge` on a mistake a user can make (in params.yaml, a `-S` o
 file, an init checkpoint or the model registry) and checks what the user sees: exit code 2, exactly
 one line on stderr, `lmforge: error: ...`, naming the file, key or value at fault and what was
 expected; no traceback; and the project folder exactly as it was before (no output, no temporary
-leftovers). The cases run in-process through `components.cli.main`; two also run through the real
+leftovers). The cases run in-process through `lmforge.components.cli.main`; two also run through the real
 `lmforge` executable.
 """
 
@@ -23,7 +23,7 @@ import pytest
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from components.cli import main
+from lmforge.components.cli import main
 
 NO_DEMO = {"demo": {"enabled": False}}
 WORDS = ["the", "a", "film", "fine", "dull", "great", "movie", "is", "was", "not", "very", "good", "bad", "plot",

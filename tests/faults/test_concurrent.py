@@ -15,8 +15,8 @@ from tests.conftest import REPO, make_project, run_stage_in, sh
 REGISTER_ONE = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from components.config import RegistryConfig, TrackingConfig
-    from components.registry.gate import Candidate, register
+    from lmforge.components.config import RegistryConfig, TrackingConfig
+    from lmforge.components.registry.gate import Candidate, register
     spec = json.loads(sys.argv[1])
     candidate = Candidate(spec["name"], Path(spec["model_dir"]), "accuracy", spec["value"], True, "same-eval-data",
                           "a sentence", {"dvc.model": spec["hash"]})
@@ -77,7 +77,7 @@ def test_params_written_by_flows_at_once_keep_every_run(tmp_path):
     params.write_text((REPO / "params.yaml").read_text())
     add_run = textwrap.dedent("""
         import sys
-        from components.config import FinetuneRun, load_params, write_params
+        from lmforge.components.config import FinetuneRun, load_params, write_params
         base = load_params(sys.argv[1])
         for step in range(5):  # several read-modify-writes each, interleaving with the others'
             params = load_params(sys.argv[1]) if step else base
@@ -99,8 +99,8 @@ def test_params_written_by_flows_at_once_keep_every_run(tmp_path):
 
 def test_dvc_lock_held_by_another_process_makes_a_stage_fail_clearly(tmp_path, monkeypatch):
     """Another process holds DVC's lock past the wait: recording fails with the repository named; dvc.lock untouched."""
-    from components import versioning
-    from components.errors import LmforgeError
+    from lmforge.components import versioning
+    from lmforge.components.errors import LmforgeError
 
     root = make_project(tmp_path, finetune_runs={}, prompt_runs={})
     run_stage_in(root, "ingest")
@@ -136,7 +136,7 @@ def test_three_finetune_flows_at_once_record_every_run_version_and_stage(tmp_pat
         run_stage_in(root, stage)
     sh("dvc", "commit", "-f", "ingest", "tokenizer", "pretrain-bert", cwd=root)
     env = {**child_env(), "PREFECT_API_URL": prefect_api}
-    flow = "import sys; from flows.pipeline import finetune; finetune(tasks=[sys.argv[1]], params_file='params.yaml')"
+    flow = "import sys; from lmforge.flows.pipeline import finetune; finetune(tasks=[sys.argv[1]], params_file='params.yaml')"
     children = {task: subprocess.Popen([sys.executable, "-c", flow, task], cwd=root, env=env,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 for task in ("rte", "sst2", "mrpc")}

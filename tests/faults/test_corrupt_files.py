@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import AutoConfig, BertForSequenceClassification
 
-from components.cli import main
+from lmforge.components.cli import main
 from tests.conftest import make_project
 
 DAMAGE = {

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from components.config import Params
-from components.errors import LmforgeError
+from lmforge.components.config import Params
+from lmforge.components.errors import LmforgeError
 from tests.conftest import CORPUS, nan_loss_at
 
 TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
@@ -52,8 +52,8 @@ def project(tmp_path, tokenizers_dir, monkeypatch) -> Path:
     """data/raw/{corpus,sst2} and a tiny models/bert-pretrained, in a fresh folder that is the cwd."""
     from transformers import AutoTokenizer
 
-    from components.config import ModelConfig
-    from components.pretraining.models import build_bert
+    from lmforge.components.config import ModelConfig
+    from lmforge.components.pretraining.models import build_bert
 
     monkeypatch.chdir(tmp_path)
     raw = tmp_path / "data" / "raw"
@@ -89,8 +89,8 @@ def registered_models(params: Params) -> list:
 
 def test_pretraining_loss_nan_stops_at_the_step_and_leaves_the_previous_model(project, tokenizers_dir, monkeypatch):
     """Pretraining loss becomes NaN at step 3: stops naming pretrain-gpt and step 3; the previous model and metrics untouched"""
-    from components import stages
-    from components.pretraining.module import GptPretrainModule
+    from lmforge.components import stages
+    from lmforge.components.pretraining.module import GptPretrainModule
 
     params = make_params(project, tokenizers_dir)
     stages.pretrain_gpt(params)  # a good run: the model and metrics a failed rerun must not touch
@@ -120,9 +120,9 @@ def mlflow_history(params: Params, run_id: str, key: str) -> list[tuple[int, flo
 
 def test_finetuning_loss_inf_stops_at_the_step_and_exports_nothing(project, tokenizers_dir, monkeypatch):
     """Fine-tuning loss becomes inf at step 2: stops naming the task and step 2; no model, metrics or predictions; no registration"""
-    from components import stages
-    from components.finetuning.training import FinetuneModule
-    from components.registry.stage import candidate
+    from lmforge.components import stages
+    from lmforge.components.finetuning.training import FinetuneModule
+    from lmforge.components.registry.register import candidate
 
     original = FinetuneModule.forward
 
@@ -149,9 +149,9 @@ def test_finetuning_loss_inf_stops_at_the_step_and_exports_nothing(project, toke
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_registry_refuses_a_non_finite_metric(project, tokenizers_dir, value):
     """The gate metric in the metrics JSON is NaN or inf: registration refused naming the model and value; no version"""
-    from components import stages
-    from components.registry.gate import register
-    from components.registry.stage import candidate
+    from lmforge.components import stages
+    from lmforge.components.registry.gate import register
+    from lmforge.components.registry.register import candidate
 
     params = make_params(project, tokenizers_dir, max_steps=2)
     stages.finetune(params)

@@ -89,8 +89,8 @@ class Records(logging.Handler):
 @pytest.mark.slow  # the pretrain flow on a Prefect test server
 def test_env_secrets_never_reach_mlflow_prefect_artifacts_or_logs(tmp_path, monkeypatch, capfd, prefect_api):
     """HF_TOKEN, MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN, AWS_SECRET_ACCESS_KEY set: no value in any param, tag, artifact, Prefect record or log"""
-    from components.config import load_params
-    from flows.pipeline import pretrain
+    from lmforge.components.config import load_params
+    from lmforge.flows.pipeline import pretrain
 
     root = make_project(tmp_path, finetune_runs={}, prompt_runs={})
     monkeypatch.chdir(root)
@@ -142,7 +142,7 @@ def test_password_in_the_tracking_url_is_refused_without_echoing_it(where, tmp_p
     """A password written into tracking.uri (params.yaml or -S): refused at load, exit 2, the password not echoed"""
     import yaml
 
-    from components.cli import main
+    from lmforge.components.cli import main
 
     monkeypatch.chdir(tmp_path)
     password = secrets.token_hex(16)

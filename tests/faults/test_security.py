@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import REPO
 
-SOURCES = sorted([*(REPO / "components").rglob("*.py"), *(REPO / "flows").rglob("*.py"),
+SOURCES = sorted([*(REPO / "lmforge").rglob("*.py"),
                   *(REPO / "benchmarks").rglob("*.py")])
 
 
@@ -29,8 +29,8 @@ def keyword(node: ast.Call, name: str):
 @pytest.mark.parametrize("url", ["http://0.0.0.0:4200/api", "http://192.168.1.20:4200/api", "http://example.org/api"])
 def test_prefect_server_on_another_interface_is_refused(url):
     """lmforge asked to start a Prefect server on another interface: refused, 127.0.0.1 only."""
-    from components.errors import LmforgeError
-    from flows.serve import start_server
+    from lmforge.components.errors import LmforgeError
+    from lmforge.flows.serve import start_server
 
     with pytest.raises(LmforgeError, match="lmforge starts servers on 127.0.0.1 only"):
         start_server(url)
@@ -40,7 +40,7 @@ def test_prefect_server_is_started_on_loopback(monkeypatch):
     """lmforge starts a Prefect server: its command binds --host 127.0.0.1."""
     import subprocess
 
-    from flows import serve
+    from lmforge.flows import serve
 
     started = []
 
@@ -99,7 +99,7 @@ def test_exported_model_folder_holds_safetensors_only(tmp_path, tokenizers_dir):
     """A model lmforge exports: model.safetensors, no pickled pytorch_model.bin."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from components.training.checkpoints import export
+    from lmforge.components.training.checkpoints import export
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizers_dir / "bert"))
     model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,

@@ -23,7 +23,7 @@ import torch
 import yaml
 from datasets import Dataset, DatasetDict
 
-from components.config import Params
+from lmforge.components.config import Params
 from tests.conftest import CORPUS, STARTUP_S, free_port
 
 MLFLOW_HTTP_VARS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT")
@@ -106,16 +106,16 @@ def server(tmp_path):
 
 def waits_between_attempts(monkeypatch) -> list[float]:
     """The seconds lmforge waits between attempts to reach the server, recorded instead of slept."""
-    import components.tracking
+    import lmforge.components.tracking
 
     waits: list[float] = []
-    monkeypatch.setattr(components.tracking, "sleep", waits.append)
+    monkeypatch.setattr(lmforge.components.tracking, "sleep", waits.append)
     return waits
 
 
 def test_refused_connection_fails_the_stage_before_training_in_seconds(tmp_path, tokenizers_dir, monkeypatch, capsys):
     """Tracking URL refuses connections: `lmforge stage` exits 2 in seconds with one line naming the URL; nothing trained"""
-    from components.cli import main
+    from lmforge.components.cli import main
 
     monkeypatch.chdir(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -140,10 +140,10 @@ def test_refused_connection_is_retried_by_the_flow_a_bounded_number_of_times(tmp
     """Tracking URL refuses connections inside a Prefect flow: the stage is tried 1 + orchestration.retries times, then fails naming the URL"""
     from prefect import flow
 
-    from components import stages
-    from components.stages import PlannedStage
-    from components.tracking import TrackingUnavailable
-    from flows.tasks import run_stage, stage_options
+    from lmforge.components import stages
+    from lmforge.components.stages import PlannedStage
+    from lmforge.components.tracking import TrackingUnavailable
+    from lmforge.flows.tasks import run_stage, stage_options
 
     monkeypatch.chdir(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"
@@ -156,7 +156,7 @@ def test_refused_connection_is_retried_by_the_flow_a_bounded_number_of_times(tmp
 
     @flow
     def one_stage():
-        options = stage_options(params.orchestration.retries, delay_s=0.0)  # as flows/pipeline.py runs stages
+        options = stage_options(params.orchestration.retries, delay_s=0.0)  # as lmforge/flows/pipeline.py runs stages
         return run_stage.with_options(**options)(PlannedStage("pretrain-gpt", pretrain_gpt, params))
 
     refused = f"tracking.uri {uri}: the MLflow tracking server does not answer " + r"\(connection refused; 3 attempts\)"
@@ -176,12 +176,12 @@ def test_server_killed_mid_run_keeps_the_work_and_registration_retries_alone(tmp
     """MLflow server killed mid-training, then mid-registration: each fails naming the URL; checkpoint resumes, registration retries alone"""
     import mlflow
 
-    from components import stages
-    from components.pretraining.module import GptPretrainModule
-    from components.registry import gate as registry
-    from components.registry.gate import register
-    from components.registry.stage import candidate
-    from components.tracking import TrackingUnavailable
+    from lmforge.components import stages
+    from lmforge.components.pretraining.module import GptPretrainModule
+    from lmforge.components.registry import gate as registry
+    from lmforge.components.registry.gate import register
+    from lmforge.components.registry.register import candidate
+    from lmforge.components.tracking import TrackingUnavailable
 
     monkeypatch.chdir(tmp_path)
     server.start()
@@ -207,7 +207,7 @@ def test_server_killed_mid_run_keeps_the_work_and_registration_retries_alone(tmp
     # 2. Server back: the stage resumes from that checkpoint (not from step 0), logs to MLflow and exports.
     monkeypatch.setattr(GptPretrainModule, "training_step", original)
     server.start()
-    caplog.set_level(logging.INFO, logger="components.pretraining.trainer")
+    caplog.set_level(logging.INFO, logger="lmforge.components.pretraining.trainer")
     stages.pretrain_gpt(params)
     assert f"resuming from {Path('runs/pretrain-gpt/checkpoints/last.ckpt')}" in caplog.text
     assert (model_dir / "model.safetensors").exists()

@@ -1,0 +1,260 @@
+"""The flows users run: the whole pipeline, and its parts on their own.
+
+Flows only wire stages. Each reads dvc.yaml's graph (its stages, their order and commands: the one
+definition of the pipeline), picks its part by stage name, and runs each stage through
+`run_stage`, which skips what DVC says is current and records what ran. Registration is a stage
+(`register@<run>`, `register-pretrained@<model>`) like the others. Each flow run opens one MLflow
+parent run in the experiment `<tracking.experiment>-<flow>`; every stage run nests under it.
+
+A flow run reads params.yaml when it starts (a deployment run from the Prefect UI or a schedule
+runs today's file, not a copy taken when it was deployed). Parameters given to the run (`params`,
+or `overrides` as `section.key=value`) apply to that run and are written to params.yaml, as
+`dvc exp run -S` does, so DVC sees what ran; nothing else in the file changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from lmforge.components import stages as S
+from lmforge.components.config import DEFAULT_PARAMS, FinetuneRun, Params, load_params, write_params
+from lmforge.components.errors import LmforgeError
+from lmforge.components.tracking import client_run, parent_run
+from lmforge.components.tracking import flow_run as flow_run_id
+from lmforge.components.versioning import DvcProject
+from lmforge.flows.tasks import StageOutcome, metrics_summary, run_stage, stage_options
+
+
+@contextlib.contextmanager
+def flow_tracking(params: Params, flow_name: str) -> Iterator[Params]:
+    """Params whose stages log into this flow's experiment, nested under one parent run; every run
+    opened meanwhile is tagged with the Prefect flow run's id (lmforge.flow_run)."""
+    from prefect.runtime import flow_run
+
+    tracking = params.tracking.model_copy(update={"experiment": f"{params.tracking.experiment}-{flow_name}"})
+    params = params.model_copy(update={"tracking": tracking})
+    if not tracking.enabled:
+        yield params
+        return
+    tags = {"prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_url": str(flow_run.ui_url or ""),
+            "prefect.flow": flow_name}
+    flow_token = flow_run_id.set(str(flow_run.id or "") or None)
+    try:
+        with client_run(tracking, str(flow_run.name or flow_name), tags, stage="flow") as (_, run_id):
+            token = parent_run.set(run_id)
+            try:
+                yield params
+            finally:
+                parent_run.reset(token)
+    finally:
+        flow_run_id.reset(flow_token)
+
+
+def resolve_params(params: Params | None, params_file: str, overrides: list[str] | None = None) -> Params:
+    """The run's params: params.yaml as it is now, or `params` when given, with `overrides` on top;
+    what differs from the file is written to it (DVC compares against it), nothing else."""
+    on_disk = load_params(params_file)
+    if params is None and not overrides:
+        return on_disk
+    if overrides:
+        from lmforge.components.config import apply_override, validate_params
+
+        raw = (params or on_disk).model_dump(mode="json")
+        for item in overrides:
+            apply_override(raw, item)
+        params = validate_params(raw, origin="overrides")
+    changed = write_params(params, params_file, base=on_disk)
+    if changed:
+        get_run_logger().info("params.yaml updated for this run: %s", ", ".join(changed))
+    return params
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: S.PlannedStage
+    upstream: frozenset[str]    # the selected stages it waits for
+
+
+def plan(params: Params, patterns: list[str], with_upstream: bool = False) -> list[Step]:
+    """The stages of dvc.yaml whose names match `patterns` (shell patterns: `register@*`), and with
+    `with_upstream` every stage they depend on, as `dvc repro TARGET` does; in the graph's order."""
+    graph = DvcProject(".").stages()
+    chosen = {s.name for s in graph if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)}
+    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(s.name, p) for s in graph)]
+    if unknown and with_upstream:  # targets the user typed: a typo should not run nothing in silence
+        raise LmforgeError(f"pipeline targets: {', '.join(unknown)} match no stage of dvc.yaml "
+                           f"(its stages: {', '.join(s.name for s in graph)})")
+    if with_upstream:
+        chosen |= {u for s in graph if s.name in chosen for u in s.upstream}
+    return [Step(S.plan(s.name, s.cmd, params), s.upstream & chosen) for s in graph if s.name in chosen]
+
+
+def run_all(steps: list[Step], params: Params, force: bool) -> list[StageOutcome]:
+    """Run the steps in order, or up to orchestration.max_parallel_stages at a time, each once the
+    stages it depends on have finished. A failed stage fails the flow after what runs has finished."""
+    task = run_stage.with_options(**stage_options(params.orchestration.retries, params.orchestration.retry_delay_s))
+    stale = None if force else DvcProject(".").stale()
+
+    def known(step: Step, outcomes: dict[str, StageOutcome]) -> list[str] | None:
+        """Why the stage reruns, or [] when it does not, as far as the status before the flow tells:
+        a stage that was stale still is; one that was not may be, once a stage it depends on ran."""
+        if stale is None:
+            return None
+        if step.stage.dvc_name in stale:
+            return stale[step.stage.dvc_name] or None  # listed without a reason: ask again
+        ran = {name for name, o in outcomes.items() if o.status == "ran"}
+        return None if step.upstream & ran else []
+
+    width = params.orchestration.max_parallel_stages
+    if width == 1:
+        done: dict[str, StageOutcome] = {}
+        for step in steps:
+            done[step.stage.dvc_name] = task(step.stage, force, known=known(step, done))
+        return list(done.values())
+    from prefect.futures import as_completed
+
+    waiting, running, outcomes, failed = list(steps), {}, {}, None
+    while waiting or running:
+        ready = [s for s in waiting if s.upstream <= outcomes.keys()] if failed is None else []
+        for step in ready[:width - len(running)]:
+            waiting.remove(step)
+            running[step.stage.dvc_name] = task.submit(step.stage, force, known=known(step, outcomes))
+        if not running:
+            break
+        future = next(as_completed(list(running.values())))
+        name = next(n for n, f in running.items() if f is future)
+        del running[name]
+        try:
+            outcomes[name] = future.result()
+        except BaseException as error:  # noqa: BLE001 - raised again once the running stages end
+            failed = failed or error
+    if failed is not None:
+        raise failed
+    return [outcomes[s.stage.dvc_name] for s in steps]
+
+
+def registrations(outcomes: list[StageOutcome]) -> list[dict]:
+    """The receipts of the register stages that ran and registered a version (or found one)."""
+    receipts = [json.loads(Path(o.outputs[0]).read_text()) for o in outcomes
+                if o.status == "ran" and o.stage.startswith("register") and o.outputs]
+    return [r for r in receipts if r.get("registered")]
+
+
+def publish_summary(flow_name: str, params: Params, outcomes: list[StageOutcome], registered: list[dict]) -> str:
+    """A Prefect markdown artifact: what ran or was skipped, key metrics, registered versions."""
+    lines = [f"# lmforge {flow_name}", "", "| stage | status | why | seconds |", "|---|---|---|---|"]
+    lines += [f"| {o.stage} | {o.status} | {o.reason} | {o.seconds:.1f} |" for o in outcomes]
+    metrics = metrics_summary([p for o in outcomes for p in o.outputs])
+    if metrics:
+        lines += ["", "| metrics file | headline |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
+    if registered:
+        ui = params.tracking.ui_url.rstrip("/")
+        lines += ["", "| registered model | version | metric | champion? | decision |", "|---|---|---|---|---|"]
+        for r in registered:
+            link = f"[{r['model']}]({ui}/#/models/{r['model']}/versions/{r['version']})"
+            lines.append(f"| {link} | {r['version']} | {r['metric']} {r['value']:.4f} | "
+                         f"{'yes' if r['promoted'] else 'no'} | {r['reason']} |")
+    markdown = "\n".join(lines)
+    # Prefect allows lowercase letters, digits and dashes in a key: evaluate_and_register would fail the flow.
+    create_markdown_artifact(markdown, key=f"lmforge-{flow_name.replace('_', '-')}",
+                             description=f"lmforge {flow_name} summary")
+    return markdown
+
+
+def run_flow(flow_name: str, params: Params, patterns: list[str], force: bool, with_upstream: bool = False) -> dict:
+    """Plan, run and summarise one flow's part of the graph, tracked as one MLflow parent run."""
+    from prefect.runtime import flow_run
+
+    from lmforge.components.console import log_file
+
+    # Everything this flow run logs, unfiltered (the console shows lmforge's lines): runs/<flow run>/log.txt.
+    with log_file(Path("runs") / str(flow_run.name or flow_name) / "log.txt"), \
+            flow_tracking(params, flow_name) as tracked:
+        outcomes = run_all(plan(tracked, patterns, with_upstream), tracked, force)
+        registered = registrations(outcomes)
+        publish_summary(flow_name, tracked, outcomes, registered)
+    return {"stages": [asdict(o) for o in outcomes], "registered": registered}
+
+
+# log_prints stays off: lmforge logs through `logging`, and with it on, Prefect takes every print of
+# the process, even dill's disassembly that datasets reads back to fingerprint a .map function.
+@flow(name="pipeline")
+def pipeline(params: Params | None = None, force: bool = False, params_file: str = DEFAULT_PARAMS,
+             targets: list[str] | None = None, overrides: list[str] | None = None) -> dict:
+    """Every stage of dvc.yaml: ingest -> tokenizer -> pretrain -> fine-tune, prompt -> evaluate ->
+    report -> register. With `targets` (stage names or patterns), those and what they depend on."""
+    params = resolve_params(params, params_file, overrides)
+    return run_flow("pipeline", params, targets or ["*"], force, with_upstream=bool(targets))
+
+
+@flow(name="pretrain")
+def pretrain(params: Params | None = None, force: bool = False, params_file: str = DEFAULT_PARAMS,
+             overrides: list[str] | None = None) -> dict:
+    """Pretrain BERT and GPT on the ingested corpus (ingesting and training tokenizers if needed), register them."""
+    params = resolve_params(params, params_file, overrides)
+    return run_flow("pretrain", params, ["register-pretrained@*"], force, with_upstream=True)
+
+
+@flow(name="finetune")
+def finetune(tasks: list[str], model: str = "bert", init: str = "pretrained", params: Params | None = None,
+             force: bool = False, params_file: str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
+    """Fine-tune `model` on each task from `init`: pretrained, scratch, a local HF folder, or a
+    registered model as models:/<name>@<alias>; evaluate and register each. The runs join
+    finetune.runs in params.yaml (so dvc.yaml's foreach has their stages)."""
+    from lmforge.components.registry.packaging import resolve_init
+
+    base = resolve_params(params, params_file, overrides)
+    params = base.model_copy(deep=True)
+    init = resolve_init(init, params.tracking, params.finetune.models_dir)
+    names = []
+    for t in tasks:
+        run = FinetuneRun(task=t, model=model, init=init)
+        params.finetune.runs[run.name] = run
+        names.append(run.name)
+    # Only the new runs are written: finetune flows running at once each add theirs.
+    if added := write_params(params, params_file, base=base):
+        get_run_logger().info("params.yaml: added %s", ", ".join(added))
+    return run_flow("finetune", params, [f"{stage}@{n}" for n in names for stage in ("finetune", "evaluate",
+                                                                                     "register")], force)
+
+
+@flow(name="evaluate_and_register")
+def evaluate_and_register(models: list[str] | None = None, params: Params | None = None, force: bool = False,
+                          params_file: str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
+    """Score fine-tuned models without training, write the reports, and register (through the gate)
+    `models` (finetune run names), or every model."""
+    params = resolve_params(params, params_file, overrides)
+    patterns = ([f"{stage}@{m}" for m in models for stage in ("evaluate", "register")] if models is not None
+                else ["evaluate@*", "register@*", "register-pretrained@*"])
+    return run_flow("evaluate_and_register", params, [*patterns, "report"], force)
+
+
+@flow(name="retrain")
+def retrain(params: Params | None = None, params_file: str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
+    """Re-ingest; if the data's DVC hash changed, rerun the pipeline (every stage the change reaches,
+    the champions rescored on the new evaluation data by the gate); else stop early."""
+    params = resolve_params(params, params_file, overrides)
+    dvc = DvcProject(".")
+    before = dvc.out_hash(params.ingest.out_dir)
+    ingested = run_flow("retrain", params, ["ingest"], force=True)
+    after = dvc.out_hash(params.ingest.out_dir)
+    if before is not None and before == after:
+        reason = f"data unchanged ({params.ingest.out_dir} md5 {after}): nothing to retrain"
+        get_run_logger().info(reason)
+        return {**ingested, "retrained": False, "reason": reason}
+    result = pipeline(params=params, params_file=params_file)
+    reason = f"data changed ({params.ingest.out_dir} md5 {before} -> {after})"
+    return {**result, "stages": ingested["stages"] + result["stages"], "retrained": True, "reason": reason}
+
+
+FLOWS = {"pipeline": pipeline, "pretrain": pretrain, "finetune": finetune,
+         "evaluate_and_register": evaluate_and_register, "retrain": retrain}

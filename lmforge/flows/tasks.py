@@ -1,0 +1,135 @@
+"""Prefect tasks around lmforge's stages: skip what DVC says is current, run, record in DVC.
+
+Retries are for transient faults only (a tracking server that refused a connection); a user
+error (LmforgeError) or a bug fails the task at once with its message in the flow's log. A stage
+whose tracking server stops answering fails with one TrackingUnavailable naming the URI, which is
+both: retried `orchestration.retries` times, then reported as that one line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lmforge.components.errors import LmforgeError
+from lmforge.components.stages import PlannedStage
+from lmforge.components.tracking import server_errors
+from lmforge.components.versioning import DvcProject
+
+TRANSIENT_MARKERS = ("Connection refused", "Max retries exceeded", "Temporary failure in name resolution",
+                     "Read timed out", "RemoteDisconnected", "502 Bad Gateway", "503 Service Unavailable")
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str            # ran | skipped
+    reason: str
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """Worth retrying: the network or a server, never the user's input or our code."""
+    if getattr(error, "transient", False):  # TrackingUnavailable: a user error that may pass by itself
+        return True
+    if error is None or isinstance(error, LmforgeError):
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(error).__name__}: {error}"
+    return any(marker in text for marker in TRANSIENT_MARKERS)
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except BaseException as error:  # noqa: BLE001 - the state's own exception, re-raised by result()
+        return is_transient(error)
+    return False
+
+
+@task(task_run_name="{planned.dvc_name}", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
+def run_stage(planned: PlannedStage, force: bool = False, root: str = ".", known: list[str] | None = None) -> StageOutcome:
+    """Run one stage unless DVC says its deps, params and outs are what dvc.lock recorded.
+    `known`: what the flow's one `dvc status` of the whole pipeline said of it (empty: unchanged),
+    where nothing it depends on has run since; None: ask DVC now."""
+    logger = get_run_logger()
+    dvc = DvcProject(root)
+    changes = dvc.changes(planned.dvc_name) if known is None else known
+    if not changes and not force:
+        logger.info("%s: skipped, deps, params and outs match dvc.lock", planned.dvc_name)
+        return StageOutcome(planned.dvc_name, "skipped", "unchanged since dvc.lock")
+    reason = "forced" if force else "; ".join(changes)
+    logger.info("%s: running (%s)", planned.dvc_name, reason)
+    start = time.perf_counter()
+    try:
+        with server_errors(planned.params.tracking, planned.dvc_name):  # the stage's own MLflow calls too
+            outputs = planned.function(planned.params) if planned.processes == 1 else run_command(planned, logger)
+    except LmforgeError as error:
+        logger.error("%s: %s", planned.dvc_name, error)
+        raise
+    dvc.record(planned.dvc_name)
+    return StageOutcome(planned.dvc_name, "ran", reason, time.perf_counter() - start, [str(p) for p in outputs])
+
+
+def run_command(planned: PlannedStage, logger) -> list[Path]:
+    """Run a stage whose training takes several processes as `lmforge stage NAME` (Lightning starts
+    the other ranks by running that command again, which the flow's own process must not be), under
+    exactly the planned params, nested in the flow's MLflow run; its output goes to the flow's log."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    from lmforge.components.tracking import FLOW_RUN_ENV, PARENT_RUN_ENV, flow_run, parent_run
+
+    from lmforge.components.cli import OUTPUTS_ENV
+
+    with tempfile.TemporaryDirectory(prefix=".lmforge-stage-", dir=".") as tmp:
+        params_file, outputs = Path(tmp) / "params.yaml", Path(tmp) / "outputs.json"
+        params_file.write_text(yaml.safe_dump(planned.params.model_dump(mode="json"), sort_keys=False))
+        env = {**os.environ, PARENT_RUN_ENV: parent_run.get() or "", FLOW_RUN_ENV: flow_run.get() or "",
+               OUTPUTS_ENV: str(outputs)}
+        command = [sys.executable, "-m", "lmforge.components.cli", "stage", planned.name, "-p", str(params_file)]
+        logger.info("%s: %d processes: %s", planned.dvc_name, planned.processes, " ".join(command[2:]))
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            logger.info("%s", line.rstrip())
+        process.wait()
+        errors = [line.removeprefix("lmforge: error: ") for line in lines if line.startswith("lmforge: error: ")]
+        if process.returncode == 2 and errors:
+            raise LmforgeError(errors[-1])
+        if process.returncode != 0:
+            raise RuntimeError(f"{planned.dvc_name}: `lmforge stage {planned.name}` exited with {process.returncode}:"
+                               "\n" + "\n".join(lines[-30:]))
+        return [Path(p) for p in json.loads(outputs.read_text())]
+
+
+def stage_options(retries: int, delay_s: float) -> dict:
+    """`run_stage.with_options(...)` for the flow's retry settings."""
+    return {"retries": retries, "retry_delay_seconds": delay_s}
+
+
+def metrics_summary(paths: list[str | Path]) -> dict[str, float]:
+    """The headline number of each metrics JSON a stage wrote."""
+    import json
+
+    summary = {}
+    for path in map(Path, paths):
+        if path.suffix == ".json" and path.exists():
+            data = json.loads(path.read_text())
+            for key in ("score", "val_perplexity", "accuracy"):
+                if isinstance(data.get(key), (int, float)):
+                    summary[path.stem] = float(data[key])
+                    break
+    return summary
