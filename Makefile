@@ -30,7 +30,6 @@ setup: $(VENV)/.installed
 # The venv's bin on PATH: DVC calls `lmforge stage ...` for stages it runs itself.
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/lmforge pipeline
-	@cat reports/pretrained_vs_scratch.md
 
 # Every test, the slow end-to-end ones included (what CI runs). Three workers on two cores: many
 # tests wait on a server or a child process (measured: 7.7 min against 9.0 with two).

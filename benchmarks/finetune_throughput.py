@@ -33,7 +33,8 @@ from transformers import (  # noqa: E402
     DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed,
 )
 
-from lmforge.components.config import BertTokenizerConfig, DemoConfig, FinetuneConfig, FinetuneRun, ModelConfig  # noqa: E402
+from lmforge.components.config import (BertTokenizerConfig, DemoConfig, FinetuneConfig, FinetuneRun, ModelConfig,  # noqa: E402
+                                       PretrainConfig)
 from lmforge.components.data.demo import build_demo  # noqa: E402
 from lmforge.components.data.schemas import GLUE_TASKS  # noqa: E402
 from lmforge.components.finetuning.checkpoints import WEIGHT_FILES, load_init  # noqa: E402
@@ -46,7 +47,7 @@ from lmforge.components.tokenizer import train_bert_tokenizer  # noqa: E402
 from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, best_trainer_settings, bf16_available,  # noqa: E402
                     environment, greenlet, quiet_and_restored, write_report)
 
-DEMO_BERT = Path("models/bert-pretrained")
+DEMO_BERT = PretrainConfig().model_dir("bert")  # where `make demo` (the default params) leaves its BERT
 
 
 # ---------------------------------------------------------------------------- the two sides
@@ -70,7 +71,7 @@ def lmforge_contestant(task: str, train_split, folder: Path, ft: FinetuneConfig,
         L.seed_everything(cfg.seed, workers=True, verbose=False)  # before the head is drawn, as the stage does
         num_labels, extra = label_config(task)
         run = FinetuneRun(task=task, model="bert", init=str(folder))
-        model, tokenizer = load_init(run, ft.models_dir, num_labels, BertForSequenceClassification,
+        model, tokenizer = load_init(run, folder, num_labels, BertForSequenceClassification,
                                      max_seq_length=ft.max_seq_length, **extra)
         loader = glue_loader(encode_glue(train_split, task, tokenizer, ft.max_seq_length), tokenizer,
                              cfg.batch_size, True, cfg.seed, cfg.num_workers)

@@ -169,10 +169,20 @@ def nan_loss_at(monkeypatch, module_class, step: int) -> None:
     monkeypatch.setattr(module_class, "totals", totals)
 
 
+def init_dir(root: Path, run) -> Path:
+    """The folder a FinetuneRun or PromptRun starts from, resolved as the stages resolve it, in a test
+    workspace whose tiny pretrained models are root/models/<model>-pretrained (its pretrain.*.out_dir)."""
+    from lmforge.components.config import PretrainConfig
+
+    pretrain = PretrainConfig.model_validate({model: {"out_dir": str(root / "models" / f"{model}-pretrained")}
+                                              for model in ("bert", "gpt")})
+    return run.init_dir(pretrain)
+
+
 def run_stage_in(root: Path, name: str, *overrides: str) -> list[Path]:
     """`lmforge stage NAME -S ...` in `root`, called in this process: for a test's preparation, where a
     process of its own would cost its imports and show nothing more."""
-    from lmforge.components.config import load_params
+    from lmforge.components.params_file import load_params
     from lmforge.components.stages import STAGES
 
     before = os.getcwd()

@@ -35,8 +35,8 @@ def test_missing_corpus_is_a_user_error(tmp_path, capsys):
 
 
 def test_a_flow_ends_with_a_summary_that_answers(tmp_path):
-    """One line per stage with its headline number, what pretraining bought, the registrations and
-    where to look next."""
+    """After the flow's line per stage: what pretraining bought, the registrations, how many stages ran,
+    and the commands that open the UIs; no stage is listed twice."""
     import json
 
     from lmforge.components.cli import summary
@@ -54,17 +54,18 @@ def test_a_flow_ends_with_a_summary_that_answers(tmp_path):
         "registered": [{"model": "lmforge-bert-qnli", "version": 2, "promoted": True, "metric": "accuracy",
                         "value": 0.875, "reason": "beats champion v1"}]}
     lines = summary(result, params).splitlines()
-    assert lines[0].split() == ["finetune@bert-qnli", "ran", "12.3s", "params", "changed", "[m", "0.875]"]
-    assert lines[1].split() == ["ingest", "skipped", "0.1s", "up", "to", "date"]
+    assert not any("finetune@bert-qnli" in line or "ingest" in line for line in lines)
     assert "  bert  qnli       accuracy               0.930 vs 0.750  pretrained better" in lines
     assert "  lmforge-bert-qnli v2: champion now (accuracy 0.8750; beats champion v1)" in lines
-    assert lines[-1].startswith("1 stage(s) ran, 1 skipped.") and "mlflow ui --backend-store-uri" in lines[-1]
+    assert lines[-3].startswith("1 stage(s) ran in 0.2 min, 1 skipped.")
+    assert lines[-2].startswith("MLflow UI:  mlflow ui --backend-store-uri") and lines[-1].startswith("Prefect UI:")
 
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_known_library_chatter_stays_off_the_console_and_in_the_log_file(verbose, tmp_path):
-    """Lightning's per-run INFO lines, the pytree deprecation warning and datasets' bars are off the
-    console by default (warnings still show); a flow's log file keeps every line; -v shows all."""
+    """Only lmforge's console lines and warnings reach the console by default: Lightning's per-run INFO
+    lines, a stage's own details, the pytree deprecation warning and datasets' bars do not; a flow's log
+    file keeps every line; -v shows all."""
     import subprocess
     import sys
 
@@ -72,7 +73,7 @@ def test_known_library_chatter_stays_off_the_console_and_in_the_log_file(verbose
     code = f"""
 import logging, warnings
 from pathlib import Path
-from lmforge.components.console import configure, log_file
+from lmforge.components.console import CONSOLE, configure, log_file
 configure({verbose})
 import datasets, lightning.pytorch
 import lmforge.components.training.trainer  # what every lmforge training imports
@@ -81,13 +82,27 @@ with log_file(Path({str(log)!r})):
     rank_zero_info("GPU available: False")
     warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").warning("a real warning")
-    logging.getLogger("lmforge.components.stages").info("ingest: ran")
+    logging.getLogger("lmforge.flows.tasks").info("ingest: ran", extra=CONSOLE)
+    logging.getLogger("lmforge.components.data.ingest").info("saving corpus: 2000 rows")
 print("bars", datasets.is_progress_bar_enabled())
 """
     done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, check=True)
     assert "a real warning" in done.stderr and "ingest: ran" in done.stderr
     assert ("GPU available" in done.stderr) == verbose and ("LeafSpec" in done.stderr) == verbose
+    assert ("saving corpus" in done.stderr) == verbose  # a stage's detail: the log file's, not the console's
     assert done.stdout.strip() == f"bars {verbose}"
     kept = log.read_text()
-    for line in ("GPU available: False", "LeafSpec", "a real warning", "ingest: ran"):
+    for line in ("GPU available: False", "LeafSpec", "a real warning", "ingest: ran", "saving corpus"):
         assert line in kept
+
+
+@pytest.mark.parametrize("argv", [["--tasks", "sts2"], ["--model", "t5"], ["--learning-rate", "fast"]])
+def test_a_bad_finetune_flag_is_one_usage_error_exit_2(argv, capsys):
+    """A typo in `lmforge flow finetune`'s flags stops before any flow starts, naming the value."""
+    from lmforge.components.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["flow", "finetune", *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid" in err and argv[1] in err and "Traceback" not in err

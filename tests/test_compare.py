@@ -188,6 +188,7 @@ def test_a_finetune_and_evaluate_run_carry_tags_dataset_inputs_and_a_training_ex
     from lmforge.components.evaluation.evaluate import evaluate_model
     from lmforge.components.finetuning.finetune import finetune_glue
     from lmforge.components.versioning import dvc_hash
+    from tests.conftest import init_dir
 
     monkeypatch.chdir(workspace)
     tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="lmforge")
@@ -197,7 +198,8 @@ def test_a_finetune_and_evaluate_run_carry_tags_dataset_inputs_and_a_training_ex
         "train": {"max_steps": 2, "batch_size": 16, "val_every_n_steps": 2, "warmup_steps": 1}})
     token = flow_run.set("flow-123")
     try:
-        out = finetune_glue(cfg, FinetuneRun(task="sst2", model="bert"), workspace / "raw", tracking)
+        run = FinetuneRun(task="sst2", model="bert")
+        out = finetune_glue(cfg, run, init_dir(workspace, run), workspace / "raw", tracking)
     finally:
         flow_run.reset(token)
     evaluate_model(EvaluateConfig(model=str(out), out_dir=str(tmp_path / "evaluation")), workspace / "raw", tracking, cfg)

@@ -1,6 +1,10 @@
-import pytest
+from pathlib import Path
 
-from lmforge.components.config import Params, apply_override, load_params, validate_params
+import pytest
+import yaml
+
+from lmforge.components.config import Params
+from lmforge.components.params_file import apply_override, load_params, validate_params
 from lmforge.components.errors import LmforgeError
 from tests.conftest import REPO
 
@@ -17,11 +21,62 @@ def dotted_keys(tree, prefix=""):
 
 def test_repository_params_name_every_parameter():
     """params.yaml is where users look: every parameter the models know is written out in it."""
-    import yaml
-
     written = yaml.safe_load((REPO / "params.yaml").read_text())
     assert dotted_keys(written) == dotted_keys(Params().model_dump(mode="json"))
     load_params(REPO / "params.yaml")  # and it is valid
+
+
+def differences(old, new, prefix=""):
+    """Dotted keys whose values differ between two dumps, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in dict.fromkeys([*old, *new]) for d in differences(old.get(key), new.get(key),
+                                                                             f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: params.yaml {old!r}, default {new!r}"]
+
+
+def test_params_yaml_equals_defaults():
+    """The defaults have one home, config.py; params.yaml spells out the same values for users to read
+    and edit (the demo runs what it says), so the two must agree value by value."""
+    written, defaults = load_params(REPO / "params.yaml").model_dump(), Params().model_dump()
+    assert written == defaults, "params.yaml differs from config.py's defaults:\n" + "\n".join(
+        differences(written, defaults))
+
+
+def test_every_consumer_of_a_pretrained_model_reads_pretrain_out_dir(monkeypatch, tmp_path):
+    """pretrain.<model>.out_dir is the one definition of where a pretrained model is: moving it moves
+    the finetune stage's init (pretrained and scratch), prompting, `lmforge generate`, the reports and
+    the registry with it."""
+    from lmforge.components import prompting, stages
+    from lmforge.components.cli import main
+    from lmforge.components.config import FinetuneRun, PromptRun
+    from lmforge.components.evaluation import crosslingual, pretrained_vs_scratch, why_bert
+    from lmforge.components.finetuning import finetune
+    from lmforge.components.registry.register import candidate
+
+    monkeypatch.chdir(tmp_path)
+    moved = {"pretrain": {"bert": {"out_dir": "elsewhere/bert"}, "gpt": {"out_dir": "elsewhere/gpt"}}}
+    params = validate_params(moved)
+    assert FinetuneRun(task="rte", init="scratch").init_dir(params.pretrain) == Path("elsewhere/bert")
+    assert FinetuneRun(task="rte", init="my/checkpoint").init_dir(params.pretrain) == Path("my/checkpoint")
+    assert PromptRun(task="sst2").init_dir(params.pretrain) == Path("elsewhere/gpt")
+
+    # Each stage as it runs, its work replaced by noting the model folder it was given.
+    seen = {}
+    monkeypatch.setattr(finetune, "finetune", lambda cfg, run, init_dir, *_: seen.setdefault("finetune", init_dir))
+    monkeypatch.setattr(prompting, "prompt_classify", lambda cfg, run, init_dir, *_: seen.setdefault("prompt", init_dir))
+    monkeypatch.setattr(prompting, "generate", lambda model, *_: [seen.setdefault("generate", model)])
+    monkeypatch.setattr(crosslingual, "crosslingual_report", lambda cfg, model, *_: seen.setdefault("crosslingual", model))
+    monkeypatch.setattr(why_bert, "why_bert_report", lambda cfg, model, out: seen.setdefault("report", model))
+    monkeypatch.setattr(pretrained_vs_scratch, "pretrained_vs_scratch_report", lambda *_: None)
+    for stage in (stages.finetune, stages.prompt, stages.crosslingual, stages.report):
+        stage(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(moved))
+    assert main(["generate", "hello"]) == 0
+    assert seen == {"finetune": Path("elsewhere/bert"), "prompt": Path("elsewhere/gpt"),
+                    "crosslingual": Path("elsewhere/bert"), "report": Path("elsewhere/bert"),
+                    "generate": Path("elsewhere/gpt")}
+    with pytest.raises(LmforgeError, match="registry: model folder elsewhere/bert not found"):
+        candidate(params, "bert-pretrained")
 
 
 @pytest.mark.parametrize(
@@ -128,11 +183,24 @@ def test_a_run_with_its_own_seed_is_named_for_it_and_picked_by_name():
 
 def test_the_architecture_page_draws_every_stage_of_dvc_yaml():
     """docs/architecture.md's graph is written by hand: it must name every stage dvc.yaml has."""
-    import yaml
-
     from tests.conftest import REPO
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     page = (REPO / "docs" / "architecture.md").read_text()
     graph = page[page.index("```mermaid"):page.index("```", page.index("```mermaid") + 3)]
     assert [s for s in stages if s not in graph] == []
+
+
+def test_dvc_yaml_stages_depend_on_the_pretrained_folder_their_runs_start_from():
+    """pretrain.<model>.out_dir alone says where a pretrained model is. DVC's templating cannot look
+    that key up by a run's model, so dvc.yaml's finetune stages spell the folder out: it must be the
+    one each run starts from (prompt and crosslingual name pretrain.*.out_dir themselves)."""
+    from dvc.repo import Repo
+
+    params = load_params(REPO / "params.yaml")
+    with Repo(str(REPO)) as repo:
+        deps = {stage.addressing: {dep.def_path for dep in stage.deps} for stage in repo.index.stages}
+    starts = {f"finetune@{name}": run.init_dir(params.pretrain) for name, run in params.finetune.runs.items()}
+    starts |= {f"prompt@{name}": run.init_dir(params.pretrain) for name, run in params.prompt.runs.items()}
+    starts["crosslingual"] = params.pretrain.model_dir("bert")
+    assert {stage: str(start) for stage, start in starts.items() if str(start) not in deps[stage]} == {}

@@ -32,10 +32,14 @@ def workspace(tmp_path_factory):
 
 
 def config(root, **kwargs) -> CrosslingualConfig:
-    return CrosslingualConfig(task="rte", source="rte", target="rte_zh",
-                              model=str(root / "models" / "bert-pretrained"), run_dir=str(root / "run"),
+    return CrosslingualConfig(task="rte", source="rte", target="rte_zh", run_dir=str(root / "run"),
                               out=str(root / "reports" / "crosslingual.json"), plot=str(root / "reports" / "xl.png"),
                               documents_per_language=20, contexts_per_word=3, **kwargs)
+
+
+def bert(root):
+    """The multilingual BERT the stage passes in (pretrain.bert.out_dir): the workspace's tiny one."""
+    return root / "models" / "bert-pretrained"
 
 
 FT = FinetuneConfig.model_validate({"train": {"max_steps": 4, "batch_size": 16, "val_every_n_steps": 2,
@@ -44,7 +48,7 @@ FT = FinetuneConfig.model_validate({"train": {"max_steps": 4, "batch_size": 16, 
 
 def test_four_rows_and_the_language_vector(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
-    path = crosslingual_report(config(workspace), FT, workspace / "raw", OFF)
+    path = crosslingual_report(config(workspace), bert(workspace), FT, workspace / "raw", OFF)
     result = json.loads(path.read_text())
     assert [r["setup"] for r in result["rows"]] == [
         "zero-shot: fine-tuned on source, pretrained", "fine-tuned on target, pretrained",
@@ -87,12 +91,12 @@ def test_language_by_script_and_one_language_is_a_clear_error(workspace, tmp_pat
     from lmforge.components.evaluation.crosslingual import language_vector
 
     with pytest.raises(LmforgeError, match=r"both columns are in LATIN script"):
-        language_vector(config(workspace, dictionary="same"), raw)
+        language_vector(config(workspace, dictionary="same"), bert(workspace), raw)
     import shutil
 
     shutil.copytree(workspace / "raw" / "dictionary_en_zh", raw / "dictionary_en_zh")
     with pytest.raises(LmforgeError, match=r"has 0 sentences in CJK script .* pretrain on a corpus with both"):
-        language_vector(config(workspace), raw)
+        language_vector(config(workspace), bert(workspace), raw)
 
 
 def test_retrieval_counts_the_right_translation_among_the_nearest():

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from lmforge.components.training.run_record import read_run_record
 from tests.conftest import free_port, make_project, run_stage_in, sh
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_pretraining_on_two_processes_after_a_kill_and_on_two_nodes(tmp_path):
     attempt and one export, the validation numbers one process gives for the exported weights."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from lmforge.components.config import load_params
+    from lmforge.components.params_file import load_params
     from lmforge.components.pretraining.pretrain import validate_exported
 
     # 1. BERT on two processes, killed (kill -9, every process) in the middle, then the same command again.
@@ -92,7 +93,7 @@ def test_pretraining_on_two_processes_after_a_kill_and_on_two_nodes(tmp_path):
     killed, run = sorted(runs_named(root, "pretrain-bert"), key=lambda r: r.info.start_time)
     assert killed.info.status == "FAILED" and run.info.status == "FINISHED"  # one run per attempt, from rank 0
     assert run.data.tags["lmforge.resumed_from"] == killed.info.run_id and run.data.params["train.devices"] == "2"
-    assert (root / "runs/pretrain-bert/mlflow_run_id").read_text() == run.info.run_id
+    assert read_run_record(root / "runs/pretrain-bert").mlflow_run_id == run.info.run_id
     assert AutoModelForMaskedLM.from_pretrained(root / "models/bert-pretrained").config.hidden_size == 64
     reported = json.loads((root / "reports/metrics/pretrain_bert.json").read_text())
     assert reported["steps"] == 24
@@ -125,7 +126,8 @@ def test_pretraining_on_two_processes_after_a_kill_and_on_two_nodes(tmp_path):
 def test_finetuning_on_two_processes_keeps_the_best_checkpoint_by_the_whole_split(tmp_path, monkeypatch, prefect_api):
     """GLUE and QA with `lmforge stage`, tagging through the finetune flow, on two processes: each rank
     scores half the validation split; gathered, the numbers are those one process gives the exported weights."""
-    from lmforge.components.config import EvaluateConfig, TrackingConfig, load_params
+    from lmforge.components.config import EvaluateConfig, TrackingConfig
+    from lmforge.components.params_file import load_params
     from lmforge.components.evaluation.evaluate import evaluate_model
     from lmforge.flows.pipeline import finetune
 

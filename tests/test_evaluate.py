@@ -16,6 +16,7 @@ from lmforge.components.finetuning.metrics import seqeval_metrics, squad_metrics
 from lmforge.components.finetuning.finetune import finetune
 from lmforge.components.pretraining.models import bert_config, build_bert
 from lmforge.components.tokenizer import train_bert_tokenizer
+from tests.conftest import init_dir
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 OFF = TrackingConfig(enabled=False)
@@ -39,7 +40,7 @@ def workspace(tmp_path_factory):
         patch.chdir(root)  # the finetune stage keeps checkpoints in ./runs: here, never in the repo
         for run in (FinetuneRun(task="sst2"), FinetuneRun(task="stsb", init="scratch"), FinetuneRun(task="squad_v2"),
                     FinetuneRun(task="conll2003")):
-            finetune(ft, run, root / "raw", OFF)
+            finetune(ft, run, init_dir(root, run), root / "raw", OFF)
     return root
 
 

@@ -11,6 +11,7 @@ from lmforge.components.errors import LmforgeError
 from lmforge.components.finetuning.finetune import finetune_glue
 from lmforge.components.pretraining.models import build_bert, build_gpt
 from lmforge.components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer
+from tests.conftest import init_dir
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 OFF = TrackingConfig(enabled=False)
@@ -41,10 +42,15 @@ def config(root, **kwargs) -> FinetuneConfig:
     })
 
 
+def finetune_in(cfg: FinetuneConfig, run: FinetuneRun, root, tracking: TrackingConfig = OFF):
+    """finetune_glue as the finetune stage calls it: from the run's init folder, here the workspace's."""
+    return finetune_glue(cfg, run, init_dir(root, run), root / "raw", tracking)
+
+
 def test_bert_on_rte_exports_a_text_classifier_with_metrics_and_predictions(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
     run = FinetuneRun(task="rte", model="bert")
-    out = finetune_glue(config(workspace), run, workspace / "raw", OFF)
+    out = finetune_in(config(workspace), run, workspace)
     assert out == workspace / "models" / "bert-rte"
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.id2label == {0: "entailment", 1: "not_entailment"}
@@ -59,7 +65,7 @@ def test_bert_on_rte_exports_a_text_classifier_with_metrics_and_predictions(work
 
 def test_stsb_is_regression_and_scored_by_correlation(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
-    finetune_glue(config(workspace), FinetuneRun(task="stsb", init="scratch"), workspace / "raw", OFF)
+    finetune_in(config(workspace), FinetuneRun(task="stsb", init="scratch"), workspace)
     metrics = json.loads((workspace / "reports" / "bert-scratch-stsb.json").read_text())
     assert set(metrics["validation"]) == {"pearson", "spearmanr"} and metrics["main_metric"] == "pearson"
     model = AutoModelForSequenceClassification.from_pretrained(workspace / "models" / "bert-scratch-stsb")
@@ -68,31 +74,31 @@ def test_stsb_is_regression_and_scored_by_correlation(workspace, monkeypatch):
 
 def test_gpt_head_and_any_local_checkpoint_folder(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
-    finetune_glue(config(workspace), FinetuneRun(task="sst2", model="gpt"), workspace / "raw", OFF)
+    finetune_in(config(workspace), FinetuneRun(task="sst2", model="gpt"), workspace)
     gpt = AutoModelForSequenceClassification.from_pretrained(workspace / "models" / "gpt-sst2")
     assert type(gpt).__name__ == "GPT2ForSequenceClassification" and gpt.config.pad_token_id is not None
     # A local HF folder (here: the model just fine-tuned on sst2, same label count) works as init.
     run = FinetuneRun(task="sst2", model="gpt", init=str(workspace / "models" / "gpt-sst2"))
-    out = finetune_glue(config(workspace), run, workspace / "raw", OFF)
+    out = finetune_in(config(workspace), run, workspace)
     assert out.name == "gpt-gpt-sst2-sst2"
 
 
 def test_bad_inits_fail_clearly(workspace, monkeypatch, tmp_path):
     monkeypatch.chdir(workspace)
     with pytest.raises(LmforgeError, match=r"init checkpoint .*nowhere: folder not found"):
-        finetune_glue(config(workspace), FinetuneRun(task="rte", init=str(tmp_path / "nowhere")), workspace / "raw", OFF)
+        finetune_in(config(workspace), FinetuneRun(task="rte", init=str(tmp_path / "nowhere")), workspace)
     empty = tmp_path / "no-weights"
     empty.mkdir()
     (empty / "config.json").write_text((workspace / "models" / "bert-pretrained" / "config.json").read_text())
     with pytest.raises(LmforgeError, match=r"no model.safetensors \(found config.json\)"):
-        finetune_glue(config(workspace), FinetuneRun(task="rte", init=str(empty)), workspace / "raw", OFF)
+        finetune_in(config(workspace), FinetuneRun(task="rte", init=str(empty)), workspace)
     # A 2-label RTE model cannot start STS-B (1 output) or MNLI (3 labels).
-    finetune_glue(config(workspace), FinetuneRun(task="rte"), workspace / "raw", OFF)
+    finetune_in(config(workspace), FinetuneRun(task="rte"), workspace)
     with pytest.raises(LmforgeError, match=r"its head has 2 labels \(entailment, not_entailment\) but task 'stsb' has 1"):
-        finetune_glue(config(workspace), FinetuneRun(task="stsb", init=str(workspace / "models" / "bert-rte")),
-                      workspace / "raw", OFF)
+        finetune_in(config(workspace), FinetuneRun(task="stsb", init=str(workspace / "models" / "bert-rte")),
+                    workspace)
     with pytest.raises(LmforgeError, match=r"dataset .*qnli not found; ingest it first"):
-        finetune_glue(config(workspace), FinetuneRun(task="qnli"), workspace / "raw", OFF)
+        finetune_in(config(workspace), FinetuneRun(task="qnli"), workspace)
 
 
 def test_gpt1_auxiliary_lm_loss_is_the_lm_heads_loss_and_trains_with_the_head(workspace, monkeypatch):
@@ -122,7 +128,7 @@ def test_gpt1_auxiliary_lm_loss_is_the_lm_heads_loss_and_trains_with_the_head(wo
     monkeypatch.chdir(workspace)
     run = FinetuneRun(task="sst2", model="gpt", aux_lm_weight=0.5)
     assert run.name == "gpt-sst2-auxlm0p5"
-    out_dir = finetune_glue(config(workspace), run, workspace / "raw", OFF)
+    out_dir = finetune_in(config(workspace), run, workspace)
     assert out_dir.name == "gpt-sst2-auxlm0p5"
     metrics = json.loads((workspace / "reports" / "gpt-sst2-auxlm0p5.json").read_text())
     assert 0 <= metrics["validation"]["accuracy"] <= 1 and metrics["steps"] == 6
@@ -138,7 +144,7 @@ def test_frozen_embeddings_stay_as_pretrained_while_the_rest_trains(workspace, m
     monkeypatch.chdir(workspace)
     cfg = config(workspace, freeze_embeddings=True, reports_dir=str(workspace / "frozen"),
                  models_dir=str(workspace / "models"))
-    out = finetune_glue(cfg, FinetuneRun(task="rte", seed=3), workspace / "raw", OFF)
+    out = finetune_in(cfg, FinetuneRun(task="rte", seed=3), workspace)
     start = AutoModel.from_pretrained(workspace / "models" / "bert-pretrained")
     tuned = AutoModelForSequenceClassification.from_pretrained(out).bert
     assert torch.equal(start.embeddings.word_embeddings.weight, tuned.embeddings.word_embeddings.weight)

@@ -15,6 +15,7 @@ from lmforge.components.finetuning.question_answering import answer, encode_qa
 from lmforge.components.finetuning.finetune import finetune
 from lmforge.components.pretraining.models import build_bert
 from lmforge.components.tokenizer import train_bert_tokenizer
+from tests.conftest import init_dir
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 OFF = TrackingConfig(enabled=False)
@@ -45,6 +46,11 @@ def config(root, **kwargs) -> FinetuneConfig:
     })
 
 
+def finetune_in(cfg: FinetuneConfig, run: FinetuneRun, root, tracking: TrackingConfig = OFF):
+    """The finetune stage's call: from the run's init folder, here the workspace's."""
+    return finetune(cfg, run, init_dir(root, run), root / "raw", tracking)
+
+
 def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -52,7 +58,7 @@ def read_jsonl(path) -> list[dict]:
 def test_squad_exports_a_qa_model_scored_by_the_real_f1(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
     cfg = config(workspace)
-    out = finetune(cfg, FinetuneRun(task="squad"), workspace / "raw", OFF)
+    out = finetune_in(cfg, FinetuneRun(task="squad"), workspace)
     assert out == workspace / "models" / "bert-squad"
 
     metrics = json.loads((workspace / "reports" / "bert-squad.json").read_text())
@@ -90,7 +96,7 @@ def test_squad_exports_a_qa_model_scored_by_the_real_f1(workspace, monkeypatch):
 
 def test_squad_v2_scores_answerable_and_unanswerable_questions(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
-    finetune(config(workspace), FinetuneRun(task="squad_v2", init="scratch"), workspace / "raw", OFF)
+    finetune_in(config(workspace), FinetuneRun(task="squad_v2", init="scratch"), workspace)
     metrics = json.loads((workspace / "reports" / "bert-scratch-squad_v2.json").read_text())
     s = metrics["validation"]
     assert s["HasAns_total"] > 0 and s["NoAns_total"] > 0 and s["HasAns_total"] + s["NoAns_total"] == s["total"] == 32
@@ -114,4 +120,4 @@ def test_a_dataset_without_answers_fails_clearly(workspace, monkeypatch):
     data.remove_columns("answers").save_to_disk(str(workspace / "raw" / "squad-no-answers"))
     with pytest.raises(LmforgeError, match=r"squad-no-answers \[train\] has no column\(s\) answers; "
                                            r"expected id, question, context, answers"):
-        finetune(config(workspace), FinetuneRun(task="squad", dataset="squad-no-answers"), workspace / "raw", OFF)
+        finetune_in(config(workspace), FinetuneRun(task="squad", dataset="squad-no-answers"), workspace)

@@ -15,6 +15,7 @@ from lmforge.components.finetuning.metrics import seqeval_metrics
 from lmforge.components.finetuning.finetune import finetune
 from lmforge.components.pretraining.models import build_bert
 from lmforge.components.tokenizer import train_bert_tokenizer
+from tests.conftest import init_dir
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 OFF = TrackingConfig(enabled=False)
@@ -41,11 +42,16 @@ def config(root, **train) -> FinetuneConfig:
     })
 
 
+def finetune_in(cfg: FinetuneConfig, run: FinetuneRun, root, tracking: TrackingConfig = OFF):
+    """The finetune stage's call: from the run's init folder, here the workspace's."""
+    return finetune(cfg, run, init_dir(root, run), root / "raw", tracking)
+
+
 def test_conll_exports_a_tagger_scored_by_entity_f1(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
     # Enough steps at a high rate for the tiny model to tag some entities, so the pipeline has groups.
-    out = finetune(config(workspace, max_steps=60, val_every_n_steps=20, learning_rate=3e-3),
-                   FinetuneRun(task="conll2003"), workspace / "raw", OFF)
+    out = finetune_in(config(workspace, max_steps=60, val_every_n_steps=20, learning_rate=3e-3),
+                      FinetuneRun(task="conll2003"), workspace)
     assert out == workspace / "models" / "bert-conll2003"
 
     metrics = json.loads((workspace / "reports" / "bert-conll2003.json").read_text())
@@ -91,8 +97,8 @@ def test_the_label_set_comes_from_the_dataset(workspace, monkeypatch):
         features=Features({"id": Value("string"), "tokens": List(Value("string")),
                            "ner_tags": List(ClassLabel(names=names))}))
     people.save_to_disk(str(workspace / "raw" / "people"))
-    out = finetune(config(workspace), FinetuneRun(task="conll2003", dataset="people", init="scratch"),
-                   workspace / "raw", OFF)
+    out = finetune_in(config(workspace), FinetuneRun(task="conll2003", dataset="people", init="scratch"),
+                      workspace)
     model = AutoModelForTokenClassification.from_pretrained(out)
     assert model.config.id2label == dict(enumerate(names)) and model.num_labels == 3
     metrics = json.loads((workspace / "reports" / "bert-scratch-conll2003.json").read_text())
@@ -104,7 +110,7 @@ def test_a_dataset_without_tags_fails_clearly(workspace, monkeypatch):
     data = load_from_disk(str(workspace / "raw" / "conll2003"))
     data.remove_columns("ner_tags").save_to_disk(str(workspace / "raw" / "untagged"))
     with pytest.raises(LmforgeError, match=r"untagged \[train\] has no column\(s\) ner_tags; expected tokens, ner_tags"):
-        finetune(config(workspace), FinetuneRun(task="conll2003", dataset="untagged"), workspace / "raw", OFF)
+        finetune_in(config(workspace), FinetuneRun(task="conll2003", dataset="untagged"), workspace)
 
 
 def test_scores_and_report_reach_the_mlflow_run(workspace, monkeypatch, tmp_path):
@@ -112,7 +118,7 @@ def test_scores_and_report_reach_the_mlflow_run(workspace, monkeypatch, tmp_path
 
     monkeypatch.chdir(workspace)
     tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="tagging")
-    finetune(config(workspace), FinetuneRun(task="conll2003", init="scratch"), workspace / "raw", tracking)
+    finetune_in(config(workspace), FinetuneRun(task="conll2003", init="scratch"), workspace, tracking)
     client = mlflow.MlflowClient(tracking_uri=tracking.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("tagging").experiment_id])
     metrics = json.loads((workspace / "reports" / "bert-scratch-conll2003.json").read_text())

@@ -29,7 +29,7 @@ def flow_log_lines() -> list[str]:
 def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monkeypatch, prefect_api):
     import mlflow
 
-    from lmforge.components.config import load_params
+    from lmforge.components.params_file import load_params
     from lmforge.components.registry.gate import register
     from lmforge.components.registry.register import candidate
     from lmforge.flows.pipeline import pipeline

@@ -98,7 +98,7 @@ def test_duplicate_rows_land_on_the_same_side():
 
 
 def test_qa_settings_are_checked_for_qa_tasks_only():
-    from lmforge.components.config import validate_params
+    from lmforge.components.params_file import validate_params
 
     params = validate_params({"finetune": {"task": "sst2", "max_seq_length": 64}})  # doc_stride 32 is fine for SST-2
     assert params.finetune.max_seq_length == 64

@@ -81,7 +81,9 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, co
     final = load_file(tmp_path / "straight" / "model.safetensors")
     assert all(torch.equal(last[k], final[k]) for k in final)  # the last snapshot is the export
     assert not all(torch.equal(first[k], final[k]) for k in final)
-    assert sorted(p.name for p in (tmp_path / "snapshots/straight").iterdir()) == ["step-0", "step-10", "step-12", "step-4"]
+    assert sorted(p.name for p in (tmp_path / "snapshots/straight").iterdir()) == [
+        "step-0", "step-10", "step-12", "step-4", "steps.json"]  # steps.json: the folder is never empty (DVC)
+    assert json.loads((tmp_path / "snapshots/straight/steps.json").read_text()) == {"snapshot_steps": [0, 4, 10, 12]}
     # Keeping snapshots does not change the training (building a copy draws no random numbers from the run).
     pretrain.pretrain_bert(bert_cfg(tmp_path, tokenizers_dir, "plain"), corpus, OFF)
     plain = load_file(tmp_path / "plain" / "model.safetensors")

@@ -16,6 +16,7 @@ from lmforge.components.prompting import (
     demonstration, encode_prompt, generate, majority_label, pick_demonstrations, prompt_classify,
 )
 from lmforge.components.tokenizer import train_gpt_tokenizer
+from tests.conftest import init_dir
 
 OFF = TrackingConfig(enabled=False)
 POSITIONS = 128
@@ -82,13 +83,19 @@ def workspace(tmp_path_factory):
 
 
 def config(root, **kwargs) -> PromptConfig:
-    return PromptConfig(models_dir=str(root / "models"), reports_dir=str(root / "reports"),
-                        predictions_dir=str(root / "predictions"), **kwargs)
+    # No free-text samples unless a test asks for them (the defaults hold the demo world's prompts).
+    return PromptConfig(**{"generate_prompts": [], "reports_dir": str(root / "reports"),
+                           "predictions_dir": str(root / "predictions"), **kwargs})
+
+
+def prompt_in(cfg: PromptConfig, run: PromptRun, root, tracking: TrackingConfig = OFF):
+    """The prompt stage's call: the run's model (pretrain.gpt.out_dir unless init names one), here the workspace's."""
+    return prompt_classify(cfg, run, init_dir(root, run), root / "raw", tracking)
 
 
 def test_scores_follow_the_known_preference_beside_the_majority_baseline(workspace):
     root, tokenizer = workspace
-    out = prompt_classify(config(root), PromptRun(task="sst2"), root / "raw", OFF)
+    out = prompt_in(config(root), PromptRun(task="sst2"), root)
     assert out == root / "reports" / "gpt-0shot-sst2.json"
     metrics = json.loads(out.read_text())
     # Always "great" (positive): accuracy is the positive share, 3/10. Majority of train is negative: 7/10.
@@ -114,7 +121,7 @@ def test_custom_verbalizers_and_max_eval_examples(workspace):
     root, _ = workspace
     # Swapping the words flips the preferred label: always negative now, on the first 4 rows (3 negative).
     cfg = config(root, verbalizers={"sst2": ["great", "terrible"]}, max_eval_examples=4)
-    metrics = json.loads(prompt_classify(cfg, PromptRun(task="sst2"), root / "raw", OFF).read_text())
+    metrics = json.loads(prompt_in(cfg, PromptRun(task="sst2"), root).read_text())
     assert metrics["validation"]["accuracy"] == pytest.approx(3 / 4)
     assert metrics["majority_baseline"]["validation"]["accuracy"] == pytest.approx(3 / 4)
 
@@ -152,7 +159,7 @@ def test_long_prompts_drop_the_earliest_demonstrations_to_fit(workspace):
     assert kept == 0 and len(ids) == 8 and ids[0] == tokenizer.eos_token_id and ids[1:] == full[-7:]
 
     # Through the stage: 8 shots do not fit in 128 positions; every prompt is cut to fit.
-    prompt_classify(config(root), PromptRun(task="sst2", shots=8), root / "raw", OFF)
+    prompt_in(config(root), PromptRun(task="sst2", shots=8), root)
     rows = [json.loads(line) for line in (root / "predictions" / "gpt-8shot-sst2.jsonl").read_text().splitlines()]
     longest_word = len(tokenizer(" terrible", add_special_tokens=False)["input_ids"])
     assert all(r["prompt_tokens"] <= POSITIONS - longest_word for r in rows)
@@ -168,24 +175,24 @@ def test_majority_baseline_by_hand():
 def test_user_mistakes_fail_clearly(workspace, tmp_path):
     root, _ = workspace
     with pytest.raises(LmforgeError, match=r"prompt.verbalizers.sst2: 1 word\(s\) \['bad'\] but task 'sst2' has 2 labels"):
-        prompt_classify(config(root, verbalizers={"sst2": ["bad"]}), PromptRun(task="sst2"), root / "raw", OFF)
+        prompt_in(config(root, verbalizers={"sst2": ["bad"]}), PromptRun(task="sst2"), root)
     with pytest.raises(LmforgeError, match=r"prompt task 'stsb': a regression task"):
-        prompt_classify(config(root), PromptRun(task="stsb"), root / "raw", OFF)
+        prompt_in(config(root), PromptRun(task="stsb"), root)
     with pytest.raises(LmforgeError, match=r"init checkpoint .*nowhere: folder not found"):
-        prompt_classify(config(root), PromptRun(task="sst2", init=str(tmp_path / "nowhere")), root / "raw", OFF)
+        prompt_in(config(root), PromptRun(task="sst2", init=str(tmp_path / "nowhere")), root)
     no_weights = tmp_path / "no-weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text((root / "models" / "gpt-pretrained" / "config.json").read_text())
     with pytest.raises(LmforgeError, match=r"no model.safetensors \(found config.json\)"):
-        prompt_classify(config(root), PromptRun(task="sst2", init=str(no_weights)), root / "raw", OFF)
+        prompt_in(config(root), PromptRun(task="sst2", init=str(no_weights)), root)
     save_file({"bert.embeddings.word_embeddings.weight": torch.zeros(4, 2)}, no_weights / "model.safetensors")
     (no_weights / "config.json").write_text(json.dumps({"architectures": ["BertForPreTraining"], "model_type": "bert"}))
     with pytest.raises(LmforgeError, match=r"a BertForPreTraining checkpoint, expected a causal language model"):
-        prompt_classify(config(root), PromptRun(task="sst2", init=str(no_weights)), root / "raw", OFF)
+        prompt_in(config(root), PromptRun(task="sst2", init=str(no_weights)), root)
     with pytest.raises(LmforgeError, match=r"dataset .*qnli not found; ingest it first"):
-        prompt_classify(config(root), PromptRun(task="qnli"), root / "raw", OFF)
+        prompt_in(config(root), PromptRun(task="qnli"), root)
     with pytest.raises(LmforgeError, match=r"prompt.shots 8: the train split has only 3 rows"):
-        prompt_classify(config(root), PromptRun(task="rte", shots=8), root / "raw", OFF)
+        prompt_in(config(root), PromptRun(task="rte", shots=8), root)
 
 
 def test_generate_is_deterministic_when_greedy_and_seeded_when_sampling(workspace):
@@ -206,7 +213,7 @@ def test_generations_in_metrics_and_mlflow_run(workspace, tmp_path):
     root, _ = workspace
     tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="prompting")
     cfg = config(root, generate_prompts=["the visit to the"], max_new_tokens=3, temperature=0)
-    out = prompt_classify(cfg, PromptRun(task="rte", shots=2), root / "raw", tracking)
+    out = prompt_in(cfg, PromptRun(task="rte", shots=2), root, tracking)
     metrics = json.loads(out.read_text())
     assert metrics["generations"][0]["prompt"] == "the visit to the" and metrics["generations"][0]["continuation"]
     assert metrics["verbalizers"] == {"entailment": "True", "not_entailment": "False"}

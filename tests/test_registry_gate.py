@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lmforge.components.config import Params, RegistryConfig, TrackingConfig, load_params
+from lmforge.components.config import Params, RegistryConfig, TrackingConfig
+from lmforge.components.params_file import load_params
 from lmforge.components.errors import LmforgeError
 from lmforge.components.registry import gate
 from lmforge.components.registry.gate import Candidate

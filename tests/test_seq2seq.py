@@ -6,8 +6,8 @@ import random
 import pytest
 from datasets import Dataset, DatasetDict
 
-from lmforge.components.config import CorruptionConfig, Seq2SeqAblationConfig, Seq2SeqPretrainConfig, TrackingConfig, \
-    validate_params
+from lmforge.components.config import CorruptionConfig, Seq2SeqAblationConfig, Seq2SeqPretrainConfig, TrackingConfig
+from lmforge.components.params_file import validate_params
 from lmforge.components.errors import LmforgeError
 from lmforge.components.pretraining import corruptions as C
 from tests.conftest import CORPUS

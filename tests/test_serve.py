@@ -1,5 +1,6 @@
 """`lmforge serve` against a temporary Prefect server: deployments, the retrain schedule, triggered runs
-that read params.yaml as it is when they start; prefect.yaml declares the same deployments."""
+that read params.yaml as it is when they start; prefect.yaml declares the same deployments; the run
+forms' typed fields. (tests/test_browser.py submits a run form in a browser.)"""
 
 import asyncio
 import os
@@ -34,13 +35,133 @@ def test_prefect_yaml_declares_the_deployments_serve_serves():
             assert schedules == []
 
 
+FORM_TAIL = ["overrides", "params", "params_file"]  # every run form ends with these
+
+
+def form(flow) -> dict[str, dict]:
+    """The run form Prefect builds for a flow: field name -> its JSON schema, in the form's order."""
+    from prefect.utilities.callables import parameter_schema
+
+    fields = parameter_schema(flow.fn).model_dump()["properties"]
+    return dict(sorted(fields.items(), key=lambda item: item[1]["position"]))
+
+
+def test_run_forms_show_the_typed_fields_first_then_overrides_and_the_whole_params():
+    from lmforge.flows.pipeline import FLOWS
+
+    fields = form(FLOWS["finetune"])
+    assert list(fields) == ["tasks", "model", "init", "learning_rate", "epochs", "force", *FORM_TAIL]
+    assert fields["tasks"]["type"] == "array" and "sst2" in fields["tasks"]["items"]["enum"]
+    assert fields["model"]["enum"] == ["bert", "gpt"] and fields["force"]["type"] == "boolean"
+    assert {t["type"] for t in fields["learning_rate"]["anyOf"]} == {"number", "null"}
+    assert {t["type"] for t in fields["epochs"]["anyOf"]} == {"integer", "null"}
+    assert fields["params"]["anyOf"][0]["$ref"] == "#/definitions/Params"  # the full object, still there
+    assert list(form(FLOWS["pretrain"])) == ["models", "max_steps", "force", *FORM_TAIL]
+    assert list(form(FLOWS["pipeline"])) == ["targets", "force", *FORM_TAIL]
+    assert list(form(FLOWS["evaluate_and_register"])) == ["models", "force", *FORM_TAIL]
+    assert list(form(FLOWS["retrain"])) == FORM_TAIL
+    for name, flow in FLOWS.items():
+        for field, schema in form(flow).items():
+            # A description on every field; the UI renders it as markdown, where <model> is a tag it drops.
+            assert schema.get("description") and not {"<", "*"} & set(schema["description"]), (name, field)
+
+
+@pytest.fixture
+def flows_offline(tmp_path, monkeypatch):
+    """The flow functions called without Prefect or stages: run_flow records what it was asked to run.
+    Returns (params file, the calls)."""
+    import logging
+    import shutil
+
+    from lmforge.flows import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_flow", lambda name, params, patterns, force, with_upstream=False:
+                        calls.append((name, params, patterns)) or {})
+    monkeypatch.setattr(pipeline, "get_run_logger", lambda: logging.getLogger("test"))
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path / "params.yaml", calls
+
+
+def test_finetune_form_fields_train_the_new_runs_and_are_written_to_params_yaml(flows_offline):
+    from lmforge.flows.pipeline import finetune
+
+    path, calls = flows_offline
+    before = yaml.safe_load(path.read_text())
+    finetune.fn(tasks=["rte"], learning_rate=0.0042, epochs=2, params_file=str(path))
+
+    [(name, params, patterns)] = calls
+    assert patterns == ["finetune@bert-rte", "evaluate@bert-rte", "register@bert-rte"]
+    train = params.finetune.train
+    assert (train.learning_rate, train.max_epochs, train.max_steps) == (0.0042, 2, -1)  # the epochs decide
+    after = yaml.safe_load(path.read_text())
+    assert after["finetune"]["train"] == {**before["finetune"]["train"], "learning_rate": 0.0042, "max_epochs": 2,
+                                          "max_steps": -1}
+    assert list(after["finetune"]["runs"]) == [*before["finetune"]["runs"], "bert-rte"]
+    added = after["finetune"]["runs"]["bert-rte"]
+    assert (added["task"], added["model"], added["init"]) == ("rte", "bert", "pretrained")
+    assert {k: v for k, v in after.items() if k != "finetune"} == {k: v for k, v in before.items() if k != "finetune"}
+
+
+def test_finetune_form_fields_left_empty_change_nothing(flows_offline):
+    from lmforge.flows.pipeline import finetune
+
+    path, calls = flows_offline
+    before = yaml.safe_load(path.read_text())
+    finetune.fn(tasks=["sst2"], params_file=str(path))  # bert-sst2 is already in params.yaml
+    assert yaml.safe_load(path.read_text()) == before
+    assert calls[0][1].finetune.train.learning_rate == before["finetune"]["train"]["learning_rate"]
+
+
+def test_a_form_value_out_of_range_fails_naming_its_key_and_writes_nothing(flows_offline):
+    from lmforge.components.errors import LmforgeError
+    from lmforge.flows.pipeline import finetune
+
+    path, calls = flows_offline
+    before = path.read_text()
+    with pytest.raises(LmforgeError, match=r"finetune\.train\.learning_rate: must be <= 1\.0, got 5\.0"):
+        finetune.fn(tasks=["rte"], learning_rate=5.0, params_file=str(path))
+    assert path.read_text() == before and calls == []
+
+
+def test_pretrain_form_fields_choose_the_models_and_their_steps(flows_offline):
+    from lmforge.flows.pipeline import pretrain
+
+    path, calls = flows_offline
+    before = yaml.safe_load(path.read_text())
+    pretrain.fn(models=["gpt"], max_steps=7, params_file=str(path))
+
+    [(name, params, patterns)] = calls
+    assert patterns == ["register-pretrained@gpt"] and params.pretrain.gpt.train.max_steps == 7
+    after = yaml.safe_load(path.read_text())
+    assert after["pretrain"]["gpt"]["train"]["max_steps"] == 7
+    assert after["pretrain"]["bert"] == before["pretrain"]["bert"]  # only the chosen model's steps
+    pretrain.fn(params_file=str(path))  # every model, as before the fields existed
+    assert calls[-1][2] == ["register-pretrained@bert", "register-pretrained@gpt", "register-pretrained@seq2seq"]
+
+
+def test_a_server_lmforge_starts_tells_its_ui_where_its_api_is(monkeypatch):
+    """`prefect server start` on another port than 4200: its UI asks for the API on that port."""
+    import subprocess
+
+    from lmforge.flows import serve
+
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kwargs: started.append(kwargs["env"]))
+    monkeypatch.delenv("PREFECT_UI_API_URL", raising=False)
+    serve.launch_server("http://127.0.0.1:4321/api")
+    monkeypatch.setenv("PREFECT_UI_API_URL", "https://proxy.example/api")  # the user's own setting wins
+    serve.launch_server("http://127.0.0.1:4321/api")
+    assert [env["PREFECT_UI_API_URL"] for env in started] == ["http://127.0.0.1:4321/api", "https://proxy.example/api"]
+
+
 @pytest.mark.slow
 def test_serve_publishes_deployments_and_runs_read_params_yaml_when_they_start(tmp_path, prefect_api):
     import mlflow
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    from lmforge.components.config import load_params
+    from lmforge.components.params_file import load_params
     from lmforge.flows.serve import server_is_up
 
     root = make_project(tmp_path)

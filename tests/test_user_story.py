@@ -55,6 +55,19 @@ def lmforge(*argv: str) -> None:
     assert main(list(argv)) == 0
 
 
+def run_console(*argv: str, cwd) -> list[str]:
+    """`lmforge ARGV` as a user runs it (its own process, logging set up by the CLI): what it printed."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", "lmforge.components.cli", *argv], cwd=cwd, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert done.returncode == 0, done.stdout
+    return done.stdout.splitlines()
+
+
 def versions(client, name: str) -> dict[int, object]:
     return {int(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
 
@@ -81,8 +94,21 @@ def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypat
     client = mlflow.MlflowClient(tracking_uri=params["tracking"]["uri"])
     names = ["lmforge-bert-pretrained", "lmforge-gpt-pretrained", "lmforge-bert-sst2"]
 
-    # 1. The pipeline: the corpus gets a validation split by file; every model registered, champion set.
-    lmforge("pipeline")
+    # 1. The pipeline, as the user runs it: the corpus gets a validation split by file; every model
+    #    registered, champion set. The console reads: one line per stage, no line twice, no library
+    #    chatter; everything else is in the flow run's log file.
+    console = run_console("pipeline", cwd=root)
+    planned = [line for line in console if " stage(s); full log " in line]
+    assert len(planned) == 1, console
+    stages = int(planned[0].split(" stage(s)")[0].split()[-1])
+    assert stages >= 10 and len([line for line in console if line.startswith("✓ ")]) == stages, console
+    summary = console[console.index(next(line for line in console if " stage(s) ran in " in line)) - 1:]
+    assert len(console) <= stages + 25 and len(summary) <= 6, console  # a line per stage, a short summary
+    lines = [line for line in console if line.strip()]
+    assert len(lines) == len(set(lines)), [line for line in lines if lines.count(line) > 1]
+    assert not [line for line in console if line.startswith(("INFO", "DEBUG", "Traceback"))], console
+    log = root / planned[0].split(" full log ")[1]
+    assert "ingest: running (" in log.read_text() and "saving corpus" in log.read_text()
     manifest = json.loads((root / "data/raw/manifest.json").read_text())
     assert manifest["corpus"]["validation_carved"]["by"] == "file" and manifest["corpus"]["rows"]["validation"] > 0
     for name in names:
@@ -116,7 +142,7 @@ def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypat
         assert ("champion" in receipt["aliases"]) == receipt["promoted"]
     # The GPT champion was scored again on the new held-out documents: its recorded number is
     # what the scorer gives version 1's weights on today's data, not the number from its own day.
-    from lmforge.components.config import load_params
+    from lmforge.components.params_file import load_params
     from lmforge.components.registry.packaging import champion_model_dir
     from lmforge.components.registry.register import scorer
 

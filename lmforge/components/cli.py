@@ -8,7 +8,7 @@
     lmforge serve [-p params.yaml]               Prefect deployments of every flow, retrain on a schedule
     lmforge compare [--experiment NAME] [--task T] [--model M] [--flow-run ID] [--metric M]
                                                  runs grouped by task/model, against each group's champion
-    lmforge generate TEXT [--model models/gpt-pretrained]
+    lmforge generate TEXT [--model FOLDER]       GPT continues TEXT (default model: pretrain.gpt.out_dir)
 
 A user mistake (LmforgeError) is printed as one line on stderr with exit code 2; bugs keep their traceback.
 """
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from lmforge.components.config import DEFAULT_PARAMS, Params, load_params
+from lmforge.components.config import FINETUNE_TASKS, Params
 from lmforge.components.errors import LmforgeError
+from lmforge.components.params_file import DEFAULT_PARAMS, load_params
 from lmforge.components.stages import STAGES
 
 OUTPUTS_ENV = "LMFORGE_STAGE_OUTPUTS"  # where `lmforge stage` also writes the paths it printed, as JSON
@@ -55,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     one = with_params(sub.add_parser("flow", help="run one flow: pretrain, finetune, evaluate_and_register, retrain"))
     one.add_argument("name", choices=["pipeline", "pretrain", "finetune", "evaluate_and_register", "retrain"])
     one.add_argument("--force", action="store_true")
-    one.add_argument("--tasks", nargs="+", default=["sst2"], help="finetune: the tasks (default: sst2)")
-    one.add_argument("--model", default="bert", help="finetune: bert or gpt")
+    one.add_argument("--tasks", nargs="+", default=["sst2"], choices=FINETUNE_TASKS, metavar="TASK",
+                     help=f"finetune: the tasks (default: sst2; one of {', '.join(FINETUNE_TASKS)})")
+    one.add_argument("--model", default="bert", choices=("bert", "gpt"), help="finetune: bert or gpt")
+    one.add_argument("--learning-rate", type=float, default=None, help="finetune: finetune.train.learning_rate")
+    one.add_argument("--epochs", type=int, default=None, help="finetune: finetune.train.max_epochs")
     one.add_argument("--init", default="pretrained", help="finetune: pretrained, scratch, a folder, or models:/NAME@ALIAS")
     one.add_argument("--models", nargs="+", default=None,
                      help="evaluate_and_register: these finetune runs only (default: every model)")
@@ -78,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="reports/compare.png", help="the comparison plot")
     generate = with_params(sub.add_parser("generate", help="continue a prompt with the GPT model"))
     generate.add_argument("text", nargs="+")
-    generate.add_argument("--model", default=None, help="default: models/gpt-pretrained")
+    generate.add_argument("--model", default=None, help="an HF causal-LM folder (default: pretrain.gpt.out_dir)")
     return parser
 
 
@@ -107,7 +111,8 @@ def _run(args, params: Params) -> None:
         if args.command == "pipeline" and args.targets:
             kwargs["targets"] = args.targets
         if name == "finetune":
-            kwargs.update(tasks=args.tasks, model=args.model, init=args.init)
+            kwargs.update(tasks=args.tasks, model=args.model, init=args.init, learning_rate=args.learning_rate,
+                          epochs=args.epochs)
         if name == "evaluate_and_register":
             kwargs["models"] = args.models
         result = FLOWS[name](params=params, params_file=args.params, **kwargs)
@@ -126,21 +131,15 @@ def _run(args, params: Params) -> None:
         from lmforge.components.prompting import generate
 
         cfg = params.prompt
-        model = args.model or f"{cfg.models_dir}/gpt-pretrained"
+        model = args.model or params.pretrain.model_dir("gpt")
         for text in generate(model, [" ".join(args.text)], cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.seed):
             print(text)
 
 
 def summary(result: dict, params: Params) -> str:
-    """What a flow run did, for the console: a line per stage (ran or skipped and why, seconds, its
-    headline number), then what pretraining bought, the registrations, and where to look next."""
-    from lmforge.flows.tasks import metrics_summary
-
+    """What a flow run came to, after its line per stage: what pretraining bought, the registrations
+    (champion or not), how many stages ran, where the plots are and the commands that open the UIs."""
     lines = []
-    for stage in result["stages"]:
-        headline = ", ".join(f"{k} {v:.4g}" for k, v in metrics_summary(stage["outputs"]).items())
-        lines.append(f"{stage['stage']:<30} {stage['status']:<7} {stage['seconds']:6.1f}s  {stage['reason']}"
-                     + (f"  [{headline}]" if headline else ""))
     report = Path(params.evaluate.reports_dir) / "pretrained_vs_scratch.json"
     if report.exists():
         rows = json.loads(report.read_text())["rows"]
@@ -153,10 +152,13 @@ def summary(result: dict, params: Params) -> str:
         lines += ["", "registered:"]
         lines += [f"  {r['model']} v{r['version']}: {'champion now' if r['promoted'] else 'not promoted'} "
                   f"({r['metric']} {r['value']:.4f}; {r['reason']})" for r in result["registered"]]
-    ran = sum(s["status"] == "ran" for s in result["stages"])
-    lines += ["", f"{ran} stage(s) ran, {len(result['stages']) - ran} skipped. Plots: {params.evaluate.reports_dir}/*.png, "
-              f"{params.evaluate.reports_dir}/plots/. Runs: mlflow ui --backend-store-uri {params.tracking.uri} "
-              f"({params.tracking.ui_url}); flows: prefect server start (http://127.0.0.1:4200)"]
+    stages = result["stages"]
+    count = {status: sum(s["status"] == status for s in stages) for status in ("ran", "skipped")}
+    seconds = sum(s["seconds"] for s in stages)
+    lines += ["", f"{count['ran']} stage(s) ran in {seconds / 60:.1f} min, {count['skipped']} skipped. "
+                  f"Plots: {params.evaluate.reports_dir}/*.png, {params.evaluate.reports_dir}/plots/",
+              f"MLflow UI:  mlflow ui --backend-store-uri {params.tracking.uri}   ({params.tracking.ui_url})",
+              "Prefect UI: prefect server start   (http://127.0.0.1:4200)"]
     return "\n".join(lines)
 
 

@@ -1,23 +1,20 @@
-"""Typed parameters: pydantic models mirroring params.yaml, loading and `-S key=value` overrides.
+"""Typed parameters: the pydantic schema of params.yaml, one section per stage, and its defaults.
 
-Unknown keys, wrong types and out-of-range values fail at load, naming the dotted key:
-`tokenizer.bert.vocab_size: must be >= 100, got 5`.
+The defaults here are the one home of every default value: params.yaml spells the same values out
+for users to read and edit (tests/test_config.py checks the two agree). Reading, overriding and
+writing the file is params_file.py's job.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lmforge.components.data.schemas import TASKS
 from lmforge.components.errors import LmforgeError
-
-DEFAULT_PARAMS = "params.yaml"
 
 
 class Section(BaseModel):
@@ -373,6 +370,13 @@ class PretrainConfig(Section):
     gpt: GptPretrainConfig = Field(default_factory=GptPretrainConfig)
     seq2seq: Seq2SeqPretrainConfig = Field(default_factory=Seq2SeqPretrainConfig)
 
+    def model_dir(self, model: str) -> Path:
+        """Where pretrain.<model> exports its model: its out_dir, the one definition every consumer
+        (fine-tuning, prompting, generate, the reports, the registry) reads the pretrained model from."""
+        if model not in type(self).model_fields:
+            raise LmforgeError(f"no pretrained model {model!r}: expected one of {', '.join(type(self).model_fields)}")
+        return Path(getattr(self, model).out_dir)
+
 
 QA_TASKS = ("squad", "squad_v2")
 TAGGING_TASKS = ("conll2003",)
@@ -386,8 +390,8 @@ class FinetuneRun(Section):
     model: Literal["bert", "gpt"] = "bert"
     init: str = Field(
         "pretrained",
-        description="pretrained (models/<model>-pretrained), scratch (same architecture, random weights), "
-        "or the path of a local Hugging Face checkpoint folder",
+        description="pretrained (the model pretrain.<model>.out_dir holds), scratch (its architecture and "
+        "tokenizer, random weights), or the path of a local Hugging Face checkpoint folder",
     )
     dataset: str | None = Field(None, description="the ingested dataset; default: the task's name")
     seed: int | None = Field(None, ge=0, description="this run's training seed (default: finetune.train.seed); "
@@ -413,16 +417,34 @@ class FinetuneRun(Section):
         seed = "" if self.seed is None else f"-seed{self.seed}"
         return f"{self.model}{init}-{self.task}{aux}{seed}"
 
+    def init_dir(self, pretrain: PretrainConfig) -> Path:
+        """The HF folder the run starts from: pretrain.<model>.out_dir for pretrained and scratch
+        (scratch takes its config and tokenizer), else the folder `init` names."""
+        return pretrain.model_dir(self.model) if self.init in ("pretrained", "scratch") else Path(self.init)
+
+
+def demo_finetune_runs() -> dict[str, FinetuneRun]:
+    """The demo's fine-tuning: each task family once, and what pretraining buys on three tasks, each
+    side twice (seeds 0 and 1) so the report can tell a difference from the noise."""
+    runs = [FinetuneRun(task="sst2"), FinetuneRun(task="stsb"), FinetuneRun(task="squad_v2"),
+            FinetuneRun(task="sst2", model="gpt"),
+            FinetuneRun(task="sst2", model="gpt", aux_lm_weight=0.5)]  # GPT-1's L2 + 0.5 L1
+    runs += [FinetuneRun(task=task, init=init, seed=seed)
+             for task in ("qnli", "squad", "conll2003") for init in ("pretrained", "scratch") for seed in (None, 1)]
+    return {run.name: run for run in runs}
+
 
 class FinetuneConfig(FinetuneRun):
     """`lmforge stage finetune` runs the task/model/init/seed at the top, or the run of `runs` named
     by `run` (what dvc.yaml's finetune stages pass); `runs` lists what dvc repro runs."""
 
     runs: dict[str, FinetuneRun] = Field(
-        default_factory=dict, description="what `dvc repro` fine-tunes: {name: run}, the name as models/<name>"
+        default_factory=demo_finetune_runs, description="what `dvc repro` fine-tunes: {name: run}, the name as "
+                                                        "models/<name>"
     )
     run: str | None = Field(None, description="a name in runs: fine-tune that run instead of task/model/init/seed")
     models_dir: str = "models"
+    runs_dir: str = Field("runs", description="<runs_dir>/finetune-<name>: a run's checkpoints and its run record")
     reports_dir: str = "reports/metrics"
     predictions_dir: str = "reports/predictions"
     max_seq_length: int = Field(128, ge=16, le=4096)
@@ -447,6 +469,11 @@ class FinetuneConfig(FinetuneRun):
             raise ValueError(f"run {self.run!r} is not in finetune.runs (known: {', '.join(self.runs) or 'none'})")
         return self
 
+    def run_dir(self, name: str) -> Path:
+        """The training folder of the run `name`: checkpoints, and the record of its MLflow run
+        (training/run_record.py) that registration reads."""
+        return Path(self.runs_dir) / f"finetune-{name}"
+
     def selected(self) -> FinetuneRun:
         """The run `lmforge stage finetune` trains: runs[run], or the task/model/init/seed at the top."""
         if self.run is not None:
@@ -467,7 +494,8 @@ class PromptRun(Section):
 
     task: Literal[_GLUE_NAMES] = "sst2"
     shots: int = Field(0, ge=0, le=32, description="labelled examples from train put in the prompt (0: zero-shot)")
-    init: str = Field("pretrained", description="pretrained (models/gpt-pretrained) or a local HF causal-LM folder")
+    init: str = Field("pretrained", description="pretrained (the model pretrain.gpt.out_dir holds) or a local HF "
+                                                "causal-LM folder")
     dataset: str | None = Field(None, description="the ingested dataset; default: the task's name")
 
     @property
@@ -476,25 +504,38 @@ class PromptRun(Section):
         init = "" if self.init == "pretrained" else f"-{Path(self.init).name}"
         return f"gpt{init}-{self.shots}shot-{self.task}"
 
+    def init_dir(self, pretrain: PretrainConfig) -> Path:
+        """The causal LM prompted: pretrain.gpt.out_dir, or the folder `init` names."""
+        return pretrain.model_dir("gpt") if self.init == "pretrained" else Path(self.init)
+
+
+def demo_prompt_runs() -> dict[str, PromptRun]:
+    """The demo's prompting: SST-2 zero-shot and 4-shot."""
+    return {run.name: run for run in (PromptRun(task="sst2", shots=0), PromptRun(task="sst2", shots=4))}
+
 
 class PromptConfig(PromptRun):
     """`lmforge stage prompt` runs the task/shots at the top; `runs` lists what dvc repro runs."""
 
-    runs: dict[str, PromptRun] = Field(default_factory=dict, description="{name: run}, the name as gpt-<k>shot-<task>")
+    runs: dict[str, PromptRun] = Field(default_factory=demo_prompt_runs,
+                                       description="{name: run}, the name as gpt-<k>shot-<task>")
     verbalizers: dict[str, list[str]] = Field(
         default_factory=dict,
         description="task -> one word per label, in label order; tasks not listed use lmforge's defaults",
     )
     max_eval_examples: int = Field(200, ge=1, description="validation rows scored per split")
+    # The demo's GPT saw blocks of pretrain.gpt.block_size (128) tokens: longer prompts drop shots instead.
     max_positions: int | None = Field(
-        None, ge=16, description="cap on prompt length in tokens (e.g. the pretraining block_size); default: the model's"
+        128, ge=16, description="cap on prompt length in tokens, label word included (never more than the model "
+                                "has); empty: the model's positions"
     )
     seed: int = Field(0, description="which train rows become the k shots")
-    models_dir: str = "models"
     reports_dir: str = "reports/metrics"
     predictions_dir: str = "reports/predictions"
     # free text generation from a prompt (`lmforge generate` and the prompt stage's samples)
-    generate_prompts: list[str] = Field(default_factory=list, description="prompts whose continuations are reported")
+    generate_prompts: list[str] = Field(
+        default_factory=lambda: ["After school, she studied", "The Debel Bank is located in"],
+        description="prompts whose continuations are reported (the defaults: about the demo world)")
     max_new_tokens: int = Field(40, ge=1, le=2048)
     temperature: float = Field(0.8, ge=0.0, description="0: greedy")
     top_k: int = Field(50, ge=0)
@@ -518,7 +559,8 @@ class CrosslingualConfig(Section):
     task: Literal[_GLUE_NAMES] = "qnli"
     source: str = Field("qnli", description="the task's dataset in the language fine-tuned on")
     target: str = Field("qnli_zh", description="the same task's dataset in the other language, scored zero-shot")
-    model: str = Field("models/bert-pretrained", description="the multilingual BERT (an HF folder)")
+    model: str | None = Field(None, description="the multilingual BERT (an HF folder); empty: pretrain.bert.out_dir. "
+                                                "dvc.yaml tracks pretrain.bert.out_dir, not another folder named here")
     corpus: str = Field("corpus", description="a dataset in ingest.out_dir with documents in both languages")
     text_column: str = "text"
     dictionary: str = Field("dictionary_en_zh", description="a dataset with columns source, target "
@@ -654,188 +696,3 @@ class Params(Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-
-
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read params.yaml, apply `section.key=value` overrides, and validate."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LmforgeError(f"{path}: params file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise LmforgeError(f"{path}: cannot read params file ({e})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise LmforgeError(f"{path}:{where}: YAML syntax error: {problem}") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise LmforgeError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    # YAML anchors (`train: *train`) share one dict; an override of one section must not change another.
-    raw = json.loads(json.dumps(raw, default=str))
-    for item in overrides:
-        apply_override(raw, item)
-    return validate_params(raw, origin=str(path))
-
-
-def validate_params(raw: dict[str, Any], origin: str = DEFAULT_PARAMS) -> Params:
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as e:
-        raise LmforgeError(f"{origin}: {format_validation_error(e)}") from None
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is read as YAML (`3`, `true`, `[a, b]`, `null`)."""
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise LmforgeError(f"override {item!r}: expected section.key=value")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    parts = key.strip().split(".")
-    node: Any = raw
-    for depth, part in enumerate(parts[:-1]):
-        dotted = ".".join(parts[: depth + 1])
-        if isinstance(node, list):
-            node = _list_item(node, part, dotted)
-            continue
-        if node.get(part) is None:
-            node[part] = {}
-        node = node[part]
-        if not isinstance(node, (dict, list)):
-            raise LmforgeError(f"override {item!r}: {dotted} is a value, not a section")
-    last = parts[-1]
-    if isinstance(node, list):
-        index = _list_index(node, last, key)
-        node[index] = parsed
-    else:
-        node[last] = parsed
-
-
-def _list_index(node: list, part: str, dotted: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise LmforgeError(f"override: {dotted}: expected an index below {len(node)}, got {part!r}")
-    return int(part)
-
-
-def _list_item(node: list, part: str, dotted: str) -> Any:
-    return node[_list_index(node, part, dotted)]
-
-
-def format_validation_error(error: ValidationError) -> str:
-    """pydantic's errors as `dotted.key: what was expected, got value` lines joined by '; '."""
-    messages = []
-    for err in error.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        messages.append(f"{loc}: {_explain(err)}" if loc else _explain(err))
-    return "; ".join(messages)
-
-
-def _explain(err: dict[str, Any]) -> str:
-    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']}, got {got!r}"
-    if kind == "greater_than":
-        return f"must be > {ctx['gt']}, got {got!r}"
-    if kind == "less_than_equal":
-        return f"must be <= {ctx['le']}, got {got!r}"
-    if kind == "less_than":
-        return f"must be < {ctx['lt']}, got {got!r}"
-    if kind == "literal_error":
-        return f"expected one of {ctx['expected']}, got {got!r}"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"expected an integer, got {got!r}"
-    if kind in ("float_parsing", "float_type"):
-        return f"expected a number, got {got!r}"
-    if kind in ("bool_parsing", "bool_type"):
-        return f"expected true or false, got {got!r}"
-    if kind in ("string_type",):
-        return f"expected a string, got {got!r}"
-    if kind == "string_pattern_mismatch":
-        return f"expected a name matching {ctx['pattern']}, got {got!r}"
-    if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"expected a mapping of keys, got {got!r}"
-    if kind == "list_type":
-        return f"expected a list, got {got!r}"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    return f"{err['msg']}, got {got!r}"
-
-
-def write_params(params: Params, path: str | Path = DEFAULT_PARAMS, base: Params | None = None) -> list[str]:
-    """Make the params file say `params`, changing only the keys that differ; return those keys.
-
-    Flows take params from the Prefect form or from -S overrides, but DVC decides what is up to
-    date from params.yaml, so the file must hold what ran (as `dvc exp run -S` writes it).
-    DVC's modify_yaml round-trips the file, keeping its comments.
-
-    With `base` (the params a flow started from), only what the flow changed relative to it is
-    written, so flows running at once each add their own fine-tuning runs instead of writing back
-    the file as they first read it. The read-modify-write holds a lock on the file.
-    """
-    from dvc.utils.serialize import modify_yaml
-
-    path = Path(path)
-    with params_file_lock(path):
-        current = load_params(path).model_dump(mode="json") if path.exists() else {}
-        wanted = params.model_dump(mode="json")
-        if base is not None:
-            mine = _differences(base.model_dump(mode="json"), wanted)
-            changed = [key for key in mine if key in _differences(current, wanted)]
-        else:
-            changed = _differences(current, wanted)
-        if changed or not path.exists():
-            with modify_yaml(path) as data:
-                for dotted in changed or list(wanted):
-                    try:
-                        _set_dotted(data, dotted, _get_dotted(wanted, dotted))
-                    except KeyError:  # gone from `params` (a fine-tuning run removed): gone from the file
-                        _delete_dotted(data, dotted)
-    return changed
-
-
-def params_file_lock(path: Path):
-    """An exclusive lock for rewriting the params file, shared by every lmforge process on this host."""
-    from lmforge.components.atomic import host_lock
-
-    return host_lock("params", str(path.resolve()))
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = list(dict.fromkeys([*old, *new]))
-        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [prefix.rstrip(".")]
-
-
-def _get_dotted(tree: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        tree = tree[part]
-    return tree
-
-
-def _delete_dotted(tree: dict, dotted: str) -> None:
-    *parents, last = dotted.split(".")
-    for part in parents:
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    if isinstance(tree, dict):
-        tree.pop(last, None)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for part in parents:
-        if not isinstance(tree.get(part), dict):
-            tree[part] = {}
-        tree = tree[part]
-    tree[last] = value

@@ -1,11 +1,14 @@
-"""What the console shows: lmforge's own lines and one progress bar at a time; the log file keeps all.
+"""What the console shows: one line per stage, one progress bar at a time, warnings and errors;
+the log file keeps everything.
 
-Third-party chatter is kept off the console where it starts, never by swallowing errors: Lightning's
-INFO lines on every run ("GPU available", a "try litlogger" advertisement), a deprecation warning
-Lightning triggers in torch on every fit, transformers' load report for every new task head, one
-INFO line per HTTP request, datasets' and transformers' progress bars. Warnings and errors of every
-library still show. A flow run writes everything (but the bars) to runs/<flow-run>/log.txt
-(`log_file`); `lmforge -v` (or LMFORGE_LOG_LEVEL=DEBUG) shows everything on the console too.
+A record logged with `extra=CONSOLE` is one of lmforge's console lines (a stage that ran, was skipped
+or failed, a flow's first line, where the UI is) and prints as its bare message. Every other INFO line
+(lmforge's own details, Lightning's "GPU available" and "try litlogger", Prefect's task-run states,
+one per HTTP request) goes to the log file only. Warnings and errors of every library still show, but
+for known noise with nothing to act on (a deprecation warning Lightning triggers in torch on every fit,
+transformers' load report for every new task head); datasets' and transformers' own progress bars are
+off. A flow run writes everything (but the bars) to runs/<flow-run>/log.txt (`log_file`); `lmforge -v`
+(or LMFORGE_LOG_LEVEL=DEBUG) shows everything on the console too.
 """
 
 from __future__ import annotations
@@ -17,29 +20,52 @@ from collections.abc import Iterator
 from pathlib import Path
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
-# Loggers whose INFO lines come on every run and say nothing about this one.
-CHATTY = ("lightning.pytorch", "lightning.fabric", "httpx", "mlflow.store.db.utils", "alembic.runtime.migration")
+CONSOLE = {"console": True}  # `log.info(..., extra=CONSOLE)`: a line for the console, not only the log file
 # Warnings that come on every run with nothing to act on.
 KNOWN_NOISE = ("`isinstance(treespec, LeafSpec)` is deprecated",  # Lightning's pytree helper, torch 2.13
-               "LOAD REPORT")  # transformers: a new task head's weights listed as missing (we check inits)
+               "LOAD REPORT",  # transformers: a new task head's weights listed as missing (we check inits)
+               "is smaller than the logging interval",  # Lightning, for a small dataset: logging is per step here
+               # MLflow, on every pyfunc registration: our wrappers are pickled and their inputs checked
+               # against the signature we give, by design (registry/packaging.py).
+               "Add type hints to the `predict` method", "Passing a Python object as `python_model`",
+               # MLflow, for a dataset input with empty lists (SQuAD v2's unanswerable questions): the input
+               # is logged with its digest and source, without a column schema.
+               "Failed to infer schema for Hugging Face dataset")
+
+
+def for_console(record: logging.LogRecord) -> bool:
+    return getattr(record, "console", False)
 
 
 class Quiet(logging.Filter):
-    """The console's filter: drops the chatty loggers' INFO lines and the known noise."""
+    """The console's filter: lmforge's console lines, and warnings and errors but the known noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING and record.name.startswith(CHATTY):
-            return False
+        if record.levelno < logging.WARNING:
+            return for_console(record)
         message = record.getMessage()
         return not any(noise in message for noise in KNOWN_NOISE)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """A console line prints as its message; anything else with its level and logger."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if for_console(record) and record.levelno < logging.WARNING:
+            return record.getMessage()
+        return super().format(record)
 
 
 def configure(verbose: bool = False) -> None:
     level = "DEBUG" if verbose else os.environ.get("LMFORGE_LOG_LEVEL", "INFO")
     console = logging.StreamHandler()
-    console.setFormatter(logging.Formatter(FORMAT))
+    console.setFormatter(ConsoleFormatter(FORMAT))
     logging.basicConfig(level=level, handlers=[console])
     logging.captureWarnings(True)  # warnings through logging: the console filters them, the log file keeps them
+    # MLflow gives its loggers a handler of its own on import (bypassing the filter and the log file)
+    # unless told not to, and draws a bar per artifact download.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if verbose or level == "DEBUG":
         return
     console.addFilter(Quiet())
@@ -74,12 +100,16 @@ def log_file(path: Path) -> Iterator[Path]:
         handler.close()
 
 
-def lightning_through_root() -> None:
-    """The `lightning` package gives its logger a console handler of its own, so each of its lines
-    came twice (once more through the root logger's). Where logging is set up (lmforge's CLI), the
-    root's handler, with the console filter, is the one; called once lightning is imported."""
-    if logging.getLogger().handlers:
-        logger = logging.getLogger("lightning")
+def through_root(*names: str) -> None:
+    """Libraries that give their loggers a console handler of their own (`lightning`; `dvc` on import)
+    printed each line twice, once more through the root logger's. Where logging is set up (lmforge's
+    CLI), the root's handlers, with the console filter and the log file, are the ones; called once
+    the library is imported."""
+    if not logging.getLogger().handlers:
+        return
+    for name in names:
+        logger = logging.getLogger(name)
         for handler in list(logger.handlers):
-            if type(handler) is logging.StreamHandler:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 logger.removeHandler(handler)
+        logger.propagate = True

@@ -141,7 +141,7 @@ def load_causal_lm(folder: Path):
     architectures = saved.get("architectures") or []
     if architectures and not any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in architectures):
         raise LmforgeError(f"prompt init {folder}: a {', '.join(architectures)} checkpoint, expected a causal "
-                           "language model (GPT2LMHeadModel, ...ForCausalLM) such as models/gpt-pretrained")
+                           "language model (GPT2LMHeadModel, ...ForCausalLM) such as pretrain.gpt.out_dir's")
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, attn_implementation="sdpa")
@@ -183,16 +183,17 @@ def classify(model, tokenizer, rows: Dataset, spec: GlueTask, template: str, wor
              demos: list[str], max_positions: int | None = None, desc: str = "prompt") -> list[dict]:
     """Per row: the predicted label id, every label's log-likelihood, the shots kept and the prompt length.
 
-    Prompt plus label word fit in `max_positions` (default: all the model's positions).
+    Prompt plus label word fit in `max_positions`, never more than the model's positions (default: all of them).
     """
     continuations = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
-    positions, longest = max_positions or context_size(model), max(map(len, continuations))
+    positions = min(max_positions or context_size(model), context_size(model))  # a cap: a smaller model caps lower
+    longest = max(map(len, continuations))
     if positions - longest < 2:
         raise LmforgeError(f"{positions} positions leave no room for a prompt before the longest verbalizer "
                            f"({longest} tokens); expected more positions or shorter words than {words}")
     max_tokens = positions - longest
     out = []
-    for row in tqdm(rows, desc=desc, leave=False):
+    for row in tqdm(rows, desc=desc, leave=False, disable=None):  # None: no bar where no terminal shows it
         ids, kept = encode_prompt(tokenizer, demos, fill(template, row, spec), max_tokens)
         scores = label_log_likelihoods(model, ids, continuations)
         out.append({"prediction": max(range(len(scores)), key=scores.__getitem__), "log_likelihoods": scores,
@@ -237,10 +238,6 @@ def generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 40, temp
 # --------------------------------------------------------------------------------- the stage
 
 
-def init_folder(run: PromptRun, models_dir: str) -> Path:
-    return Path(models_dir) / "gpt-pretrained" if run.init == "pretrained" else Path(run.init)
-
-
 def load_prompt_data(run: PromptRun, spec: GlueTask, raw_dir: Path) -> DatasetDict:
     folder = Path(raw_dir) / (run.dataset or run.task)
     if not folder.exists():
@@ -254,11 +251,12 @@ def load_prompt_data(run: PromptRun, spec: GlueTask, raw_dir: Path) -> DatasetDi
     return data
 
 
-def prompt_classify(cfg: PromptConfig, run: PromptRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
-    """Score `run.task` by prompting GPT with `run.shots` demonstrations; return the metrics JSON's path."""
+def prompt_classify(cfg: PromptConfig, run: PromptRun, init_dir: Path, raw_dir: Path, tracking: TrackingConfig) -> Path:
+    """Score `run.task` by prompting the causal LM in `init_dir` (run.init_dir(params.pretrain)) with
+    `run.shots` demonstrations; return the metrics JSON's path."""
     spec, template, words = prompt_task(run.task, cfg.verbalizers)
     data = load_prompt_data(run, spec, raw_dir)
-    model, tokenizer = load_causal_lm(init_folder(run, cfg.models_dir))
+    model, tokenizer = load_causal_lm(Path(init_dir))
 
     train = data["train"]
     train_labels = list(train["label"])

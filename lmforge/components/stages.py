@@ -61,7 +61,8 @@ def seq2seq_ablation(params: Params) -> list[Path]:
 
 def finetune(params: Params) -> list[Path]:
     """The run finetune.run names (dvc.yaml passes each configured run's name), else the one of
-    finetune.task/model/init/seed; an init of models:/<name>@<alias> starts from that registered model."""
+    finetune.task/model/init/seed. It starts from pretrain.<model>.out_dir (pretrained, scratch), a
+    folder, or for models:/<name>@<alias> that registered model, downloaded."""
     from lmforge.components.finetuning.finetune import finetune as run_finetune
 
     from lmforge.components.registry.packaging import resolve_init
@@ -71,7 +72,7 @@ def finetune(params: Params) -> list[Path]:
     run = chosen.model_copy(update={"init": resolve_init(chosen.init, params.tracking, cfg.models_dir)})
     if run.seed is not None:  # the run's own seed: the training, its data order and its new head
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": run.seed})})
-    out = run_finetune(cfg, run, Path(params.ingest.out_dir), params.tracking)
+    out = run_finetune(cfg, run, run.init_dir(params.pretrain), Path(params.ingest.out_dir), params.tracking)
     return [out, Path(cfg.reports_dir) / f"{run.name}.json"]
 
 
@@ -80,7 +81,7 @@ def prompt(params: Params) -> list[Path]:
 
     cfg = params.prompt
     run = PromptRun(task=cfg.task, shots=cfg.shots, init=cfg.init, dataset=cfg.dataset)
-    return [prompt_classify(cfg, run, Path(params.ingest.out_dir), params.tracking)]
+    return [prompt_classify(cfg, run, run.init_dir(params.pretrain), Path(params.ingest.out_dir), params.tracking)]
 
 
 def evaluate(params: Params) -> list[Path]:
@@ -95,7 +96,7 @@ def report(params: Params) -> list[Path]:
 
     cfg = params.evaluate
     out = Path(cfg.reports_dir)
-    return [why_bert_report(cfg, Path(params.pretrain.bert.out_dir), out),
+    return [why_bert_report(cfg, params.pretrain.model_dir("bert"), out),
             pretrained_vs_scratch_report(Path(params.finetune.reports_dir), out)]
 
 
@@ -103,7 +104,9 @@ def crosslingual(params: Params) -> list[Path]:
     from lmforge.components.evaluation.crosslingual import crosslingual_report
 
     cfg = params.crosslingual
-    return [crosslingual_report(cfg, params.finetune, Path(params.ingest.out_dir), params.tracking), Path(cfg.plot)]
+    model = Path(cfg.model) if cfg.model else params.pretrain.model_dir("bert")
+    return [crosslingual_report(cfg, model, params.finetune, Path(params.ingest.out_dir), params.tracking),
+            Path(cfg.plot)]
 
 
 def when_bert_learns(params: Params) -> list[Path]:
@@ -175,7 +178,7 @@ def plan(dvc_name: str, cmd: str, params: Params) -> PlannedStage:
     import shlex
 
     from lmforge.components.cli import build_parser
-    from lmforge.components.config import apply_override, validate_params
+    from lmforge.components.params_file import apply_override, validate_params
     from lmforge.components.errors import LmforgeError
 
     argv = shlex.split(cmd)

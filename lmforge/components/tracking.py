@@ -69,7 +69,7 @@ def mlflow_logger(tracking: TrackingConfig, run_name: str, **labels: str):
     `labels` (task, model, init, stage) become the run's tags (`run_tags`).
 
     Every process of a multi-process run has one; the run itself is created when global rank 0
-    first uses it (training/trainer.py's RunRecord). A resumed stage gets a new run too, tagged
+    first uses it (training/trainer.py's RunBookkeeping). A resumed stage gets a new run too, tagged
     with the one it resumes."""
     if not tracking.enabled:
         return None

@@ -40,6 +40,9 @@ class DvcProject:
     def _repo(self):
         from dvc.repo import Repo
 
+        from lmforge.components.console import through_root
+
+        through_root("dvc", "dvc_objects", "dvc_data")  # `import dvc` gives them console handlers of their own
         return Repo(str(self.root))
 
     def _with_lock(self, action: str, fn):

@@ -20,13 +20,17 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from lmforge.components import stages as S
-from lmforge.components.config import DEFAULT_PARAMS, FinetuneRun, Params, load_params, write_params
+from lmforge.components.config import FinetuneRun, Params
+from lmforge.components.config import FINETUNE_TASKS  # the finetune form's choice of tasks
+from lmforge.components.console import CONSOLE
 from lmforge.components.errors import LmforgeError
+from lmforge.components.params_file import DEFAULT_PARAMS, load_params, write_params
 from lmforge.components.tracking import client_run, parent_run
 from lmforge.components.tracking import flow_run as flow_run_id
 from lmforge.components.versioning import DvcProject
@@ -65,7 +69,7 @@ def resolve_params(params: Params | None, params_file: str, overrides: list[str]
     if params is None and not overrides:
         return on_disk
     if overrides:
-        from lmforge.components.config import apply_override, validate_params
+        from lmforge.components.params_file import apply_override, validate_params
 
         raw = (params or on_disk).model_dump(mode="json")
         for item in overrides:
@@ -73,7 +77,7 @@ def resolve_params(params: Params | None, params_file: str, overrides: list[str]
         params = validate_params(raw, origin="overrides")
     changed = write_params(params, params_file, base=on_disk)
     if changed:
-        get_run_logger().info("params.yaml updated for this run: %s", ", ".join(changed))
+        get_run_logger().info("params.yaml updated for this run: %s", ", ".join(changed), extra=CONSOLE)
     return params
 
 
@@ -176,43 +180,117 @@ def run_flow(flow_name: str, params: Params, patterns: list[str], force: bool, w
 
     from lmforge.components.console import log_file
 
-    # Everything this flow run logs, unfiltered (the console shows lmforge's lines): runs/<flow run>/log.txt.
-    with log_file(Path("runs") / str(flow_run.name or flow_name) / "log.txt"), \
+    # Everything this flow run logs, unfiltered (the console shows a line per stage): runs/<flow run>/log.txt.
+    with log_file(Path("runs") / str(flow_run.name or flow_name) / "log.txt") as log, \
             flow_tracking(params, flow_name) as tracked:
-        outcomes = run_all(plan(tracked, patterns, with_upstream), tracked, force)
+        steps = plan(tracked, patterns, with_upstream)
+        get_run_logger().info("%s: flow run %s, %d stage(s); full log %s", flow_name, flow_run.name, len(steps), log,
+                              extra=CONSOLE)
+        outcomes = run_all(steps, tracked, force)
         registered = registrations(outcomes)
         publish_summary(flow_name, tracked, outcomes, registered)
     return {"stages": [asdict(o) for o in outcomes], "registered": registered}
 
 
+def with_settings(params: Params, params_file: str, settings: dict[str, Any]) -> Params:
+    """`params` with the flow's typed fields set (dotted key -> value; None leaves the key as it is),
+    validated as params.yaml is (a bad value fails naming its key) and written to the file for this
+    run, as `overrides` are, so DVC sees what ran."""
+    from lmforge.components.params_file import validate_params
+
+    chosen = {key: value for key, value in settings.items() if value is not None}
+    if not chosen:
+        return params
+    raw = params.model_dump(mode="json")
+    for dotted, value in chosen.items():
+        *sections, last = dotted.split(".")
+        node = raw
+        for section in sections:
+            node = node[section]
+        node[last] = value
+    updated = validate_params(raw, origin="flow parameters")
+    if changed := write_params(updated, params_file, base=params):
+        get_run_logger().info("params.yaml updated for this run: %s", ", ".join(changed))
+    return updated
+
+
+# The flows' parameters, in the order the Prefect run form shows them: the few typed fields users
+# change most first, then `overrides` (any key, as -S), the whole `params` object and the file. The
+# Args sections are the form's field descriptions (Prefect reads them from the docstrings), shown as
+# markdown: no <angle brackets> (an HTML tag to the UI) or asterisks in them.
 # log_prints stays off: lmforge logs through `logging`, and with it on, Prefect takes every print of
 # the process, even dill's disassembly that datasets reads back to fingerprint a .map function.
 @flow(name="pipeline")
-def pipeline(params: Params | None = None, force: bool = False, params_file: str = DEFAULT_PARAMS,
-             targets: list[str] | None = None, overrides: list[str] | None = None) -> dict:
+def pipeline(targets: list[str] | None = None, force: bool = False, overrides: list[str] | None = None,
+             params: Params | None = None, params_file: str = DEFAULT_PARAMS) -> dict:
     """Every stage of dvc.yaml: ingest -> tokenizer -> pretrain -> fine-tune, prompt -> evaluate ->
-    report -> register. With `targets` (stage names or patterns), those and what they depend on."""
+    report -> register. With `targets` (stage names or patterns), those and what they depend on.
+
+    Args:
+        targets: stages to bring up to date, with what they depend on: names or shell patterns of
+            dvc.yaml's stages (finetune@bert-sst2); empty: every stage
+        force: run every chosen stage even where DVC says it is current
+        overrides: params for this run as section.key=value (finetune.train.learning_rate=0.002);
+            written to params.yaml
+        params: the whole params object for this run instead of params.yaml's (written to it)
+        params_file: the params file the run reads and records what ran in
+    """
     params = resolve_params(params, params_file, overrides)
     return run_flow("pipeline", params, targets or ["*"], force, with_upstream=bool(targets))
 
 
 @flow(name="pretrain")
-def pretrain(params: Params | None = None, force: bool = False, params_file: str = DEFAULT_PARAMS,
-             overrides: list[str] | None = None) -> dict:
-    """Pretrain BERT and GPT on the ingested corpus (ingesting and training tokenizers if needed), register them."""
+def pretrain(models: list[Literal["bert", "gpt", "seq2seq"]] | None = None, max_steps: int | None = None,
+             force: bool = False, overrides: list[str] | None = None, params: Params | None = None,
+             params_file: str = DEFAULT_PARAMS) -> dict:
+    """Pretrain the models on the ingested corpus (ingesting and training tokenizers if needed), register them.
+
+    Args:
+        models: which models to pretrain and register (bert, gpt, seq2seq); empty: all three
+        max_steps: optimizer steps of each chosen model's pretraining (pretrain.MODEL.train.max_steps);
+            empty: as params.yaml says
+        force: pretrain again even where DVC says the models are current
+        overrides: params for this run as section.key=value (pretrain.bert.train.learning_rate=0.001);
+            written to params.yaml
+        params: the whole params object for this run instead of params.yaml's (written to it)
+        params_file: the params file the run reads and records what ran in
+    """
     params = resolve_params(params, params_file, overrides)
-    return run_flow("pretrain", params, ["register-pretrained@*"], force, with_upstream=True)
+    chosen = models or list(type(params.pretrain).model_fields)
+    params = with_settings(params, params_file, {f"pretrain.{m}.train.max_steps": max_steps for m in chosen})
+    return run_flow("pretrain", params, [f"register-pretrained@{m}" for m in chosen], force, with_upstream=True)
 
 
 @flow(name="finetune")
-def finetune(tasks: list[str], model: str = "bert", init: str = "pretrained", params: Params | None = None,
-             force: bool = False, params_file: str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
-    """Fine-tune `model` on each task from `init`: pretrained, scratch, a local HF folder, or a
-    registered model as models:/<name>@<alias>; evaluate and register each. The runs join
-    finetune.runs in params.yaml (so dvc.yaml's foreach has their stages)."""
+def finetune(tasks: list[Literal[FINETUNE_TASKS]], model: Literal["bert", "gpt"] = "bert", init: str = "pretrained",
+             learning_rate: float | None = None, epochs: int | None = None, force: bool = False,
+             overrides: list[str] | None = None, params: Params | None = None,
+             params_file: str = DEFAULT_PARAMS) -> dict:
+    """Fine-tune `model` on each task from `init`, evaluate and register each. The runs join
+    finetune.runs in params.yaml (so dvc.yaml's foreach has their stages).
+
+    Args:
+        tasks: the tasks to fine-tune on, a run each (GLUE tasks, squad, squad_v2, conll2003)
+        model: the model family: bert, or gpt (GLUE tasks only)
+        init: where the weights start: pretrained (models/MODEL-pretrained), scratch (random), a local
+            Hugging Face folder, or a registered model as models:/NAME@ALIAS
+        learning_rate: AdamW's peak learning rate (finetune.train.learning_rate); empty: as params.yaml says
+        epochs: passes over the training data (finetune.train.max_epochs, with max_steps -1 so the epochs
+            decide); empty: as params.yaml says
+        force: fine-tune again even where DVC says a run is current
+        overrides: params for this run as section.key=value (finetune.train.batch_size=16); written to
+            params.yaml
+        params: the whole params object for this run instead of params.yaml's (written to it)
+        params_file: the params file the run reads and records what ran in
+    """
     from lmforge.components.registry.packaging import resolve_init
 
     base = resolve_params(params, params_file, overrides)
+    # finetune.train is shared by every fine-tuning run (dvc.yaml's finetune stages all depend on it):
+    # a value set here is recorded there, and `dvc status` then lists the runs that trained otherwise.
+    base = with_settings(base, params_file, {"finetune.train.learning_rate": learning_rate,
+                                             "finetune.train.max_epochs": epochs,
+                                             "finetune.train.max_steps": None if epochs is None else -1})
     params = base.model_copy(deep=True)
     init = resolve_init(init, params.tracking, params.finetune.models_dir)
     names = []
@@ -228,10 +306,20 @@ def finetune(tasks: list[str], model: str = "bert", init: str = "pretrained", pa
 
 
 @flow(name="evaluate_and_register")
-def evaluate_and_register(models: list[str] | None = None, params: Params | None = None, force: bool = False,
-                          params_file: str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
+def evaluate_and_register(models: list[str] | None = None, force: bool = False, overrides: list[str] | None = None,
+                          params: Params | None = None, params_file: str = DEFAULT_PARAMS) -> dict:
     """Score fine-tuned models without training, write the reports, and register (through the gate)
-    `models` (finetune run names), or every model."""
+    `models` (finetune run names), or every model.
+
+    Args:
+        models: finetune run names to evaluate and register (bert-sst2); empty: every model, the
+            pretrained ones included
+        force: evaluate and register again even where DVC says they are current
+        overrides: params for this run as section.key=value (registry.min_improvement=0.01); written to
+            params.yaml
+        params: the whole params object for this run instead of params.yaml's (written to it)
+        params_file: the params file the run reads and records what ran in
+    """
     params = resolve_params(params, params_file, overrides)
     patterns = ([f"{stage}@{m}" for m in models for stage in ("evaluate", "register")] if models is not None
                 else ["evaluate@*", "register@*", "register-pretrained@*"])
@@ -239,9 +327,17 @@ def evaluate_and_register(models: list[str] | None = None, params: Params | None
 
 
 @flow(name="retrain")
-def retrain(params: Params | None = None, params_file: str = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
+def retrain(overrides: list[str] | None = None, params: Params | None = None,
+            params_file: str = DEFAULT_PARAMS) -> dict:
     """Re-ingest; if the data's DVC hash changed, rerun the pipeline (every stage the change reaches,
-    the champions rescored on the new evaluation data by the gate); else stop early."""
+    the champions rescored on the new evaluation data by the gate); else stop early.
+
+    Args:
+        overrides: params for this run as section.key=value (registry.min_improvement=0.01); written to
+            params.yaml
+        params: the whole params object for this run instead of params.yaml's (written to it)
+        params_file: the params file the run reads and records what ran in
+    """
     params = resolve_params(params, params_file, overrides)
     dvc = DvcProject(".")
     before = dvc.out_hash(params.ingest.out_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from lmforge.components.console import CONSOLE
 from lmforge.components.errors import LmforgeError
 from lmforge.components.stages import PlannedStage
 from lmforge.components.tracking import server_errors
@@ -24,10 +25,13 @@ TRANSIENT_MARKERS = ("Connection refused", "Max retries exceeded", "Temporary fa
                      "Read timed out", "RemoteDisconnected", "502 Bad Gateway", "503 Service Unavailable")
 
 
+HEADLINE_KEYS = ("score", "val_perplexity", "accuracy")  # the first a metrics JSON has is its headline
+
+
 @dataclass
 class StageOutcome:
     stage: str
-    status: str            # ran | skipped
+    status: str            # ran | skipped | failed
     reason: str
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
@@ -62,19 +66,35 @@ def run_stage(planned: PlannedStage, force: bool = False, root: str = ".", known
     dvc = DvcProject(root)
     changes = dvc.changes(planned.dvc_name) if known is None else known
     if not changes and not force:
-        logger.info("%s: skipped, deps, params and outs match dvc.lock", planned.dvc_name)
-        return StageOutcome(planned.dvc_name, "skipped", "unchanged since dvc.lock")
+        outcome = StageOutcome(planned.dvc_name, "skipped", "unchanged since dvc.lock")
+        logger.info("%s", console_line(outcome), extra=CONSOLE)
+        return outcome
     reason = "forced" if force else "; ".join(changes)
     logger.info("%s: running (%s)", planned.dvc_name, reason)
     start = time.perf_counter()
     try:
         with server_errors(planned.params.tracking, planned.dvc_name):  # the stage's own MLflow calls too
             outputs = planned.function(planned.params) if planned.processes == 1 else run_command(planned, logger)
-    except LmforgeError as error:
-        logger.error("%s: %s", planned.dvc_name, error)
+    except BaseException as error:
+        failed = StageOutcome(planned.dvc_name, "failed", str(error).splitlines()[0] if str(error) else
+                              type(error).__name__, time.perf_counter() - start)
+        logger.error("%s", console_line(failed), extra=CONSOLE)
         raise
     dvc.record(planned.dvc_name)
-    return StageOutcome(planned.dvc_name, "ran", reason, time.perf_counter() - start, [str(p) for p in outputs])
+    outcome = StageOutcome(planned.dvc_name, "ran", reason, time.perf_counter() - start, [str(p) for p in outputs])
+    logger.info("%s", console_line(outcome), extra=CONSOLE)
+    return outcome
+
+
+def console_line(outcome: StageOutcome) -> str:
+    """The one console line of a stage: ran (seconds, its headline number, why), skipped, or failed."""
+    if outcome.status == "skipped":
+        return f"  {outcome.stage:<38} skipped  {outcome.reason}"
+    if outcome.status == "failed":
+        return f"✗ {outcome.stage:<38} failed after {outcome.seconds:.1f} s: {outcome.reason}"
+    why = outcome.reason if len(outcome.reason) <= 44 else outcome.reason[:43] + "…"
+    numbers = headline(outcome.outputs)
+    return f"✓ {outcome.stage:<38} {outcome.seconds:6.1f} s  " + (f"{numbers}  " if numbers else "") + f"({why})"
 
 
 def run_command(planned: PlannedStage, logger) -> list[Path]:
@@ -128,8 +148,25 @@ def metrics_summary(paths: list[str | Path]) -> dict[str, float]:
     for path in map(Path, paths):
         if path.suffix == ".json" and path.exists():
             data = json.loads(path.read_text())
-            for key in ("score", "val_perplexity", "accuracy"):
+            for key in HEADLINE_KEYS:
                 if isinstance(data.get(key), (int, float)):
                     summary[path.stem] = float(data[key])
                     break
     return summary
+
+
+def headline(paths: list[str | Path]) -> str:
+    """A stage's outcome in a few words: its metrics' headline numbers, or what a register stage did."""
+    import json
+
+    words = []
+    for path in map(Path, paths):
+        data = json.loads(path.read_text()) if path.suffix == ".json" and path.exists() else None
+        if not isinstance(data, dict):
+            continue
+        if data.get("registered") and "promoted" in data:  # a register stage's receipt: what the gate decided
+            words.append(f"v{data['version']} " + ("champion now" if data["promoted"] else "not promoted"))
+        key = next((k for k in HEADLINE_KEYS if isinstance(data.get(k), (int, float))), None)
+        if key:
+            words.append(f"{key} {data[key]:.4g}")
+    return ", ".join(words[:2]) + (", …" if len(words) > 2 else "")

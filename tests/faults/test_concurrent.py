@@ -77,7 +77,8 @@ def test_params_written_by_flows_at_once_keep_every_run(tmp_path):
     params.write_text((REPO / "params.yaml").read_text())
     add_run = textwrap.dedent("""
         import sys
-        from lmforge.components.config import FinetuneRun, load_params, write_params
+        from lmforge.components.config import FinetuneRun
+        from lmforge.components.params_file import load_params, write_params
         base = load_params(sys.argv[1])
         for step in range(5):  # several read-modify-writes each, interleaving with the others'
             params = load_params(sys.argv[1]) if step else base

@@ -24,6 +24,7 @@ from datasets import load_from_disk
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from lmforge.components.training.run_record import read_run_record
 from tests.conftest import make_project, run_stage_in
 
 pytestmark = pytest.mark.slow
@@ -233,7 +234,7 @@ def test_pretraining(workspace, tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
     steps = [m.step for m in client.get_metric_history(finished.info.run_id, "train/loss")]
     assert steps and min(steps) > 8 and max(steps) <= 20  # this attempt trained steps 9-20 only
-    assert (root / "runs/pretrain-bert/mlflow_run_id").read_text() == finished.info.run_id
+    assert read_run_record(root / "runs/pretrain-bert").mlflow_run_id == finished.info.run_id
 
 
 def test_finetuning(workspace, tmp_path):
@@ -257,7 +258,7 @@ def test_finetuning(workspace, tmp_path):
     killed, finished = mlflow_runs(root, "lmforge")
     assert (killed.info.status, killed.data.tags.get("lmforge.killed")) == ("FAILED", "true")
     assert finished.info.status == "FINISHED"
-    assert (root / "runs/finetune-bert-rte/mlflow_run_id").read_text() == finished.info.run_id
+    assert read_run_record(root / "runs/finetune-bert-rte").mlflow_run_id == finished.info.run_id
     assert leftovers(root / "models") == []
 
 

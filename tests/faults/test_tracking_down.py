@@ -24,6 +24,7 @@ import yaml
 from datasets import Dataset, DatasetDict
 
 from lmforge.components.config import Params
+from lmforge.components.training.run_record import read_run_record
 from tests.conftest import CORPUS, STARTUP_S, free_port
 
 MLFLOW_HTTP_VARS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT")
@@ -213,7 +214,7 @@ def test_server_killed_mid_run_keeps_the_work_and_registration_retries_alone(tmp
     assert (model_dir / "model.safetensors").exists()
     assert json.loads((tmp_path / params.pretrain.gpt.metrics).read_text())["steps"] == 10
     client = mlflow.MlflowClient(tracking_uri=server.uri)
-    run = client.get_run((run_dir / "mlflow_run_id").read_text())
+    run = client.get_run(read_run_record(run_dir).mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert max(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == 9
     weights = (model_dir / "model.safetensors").read_bytes()

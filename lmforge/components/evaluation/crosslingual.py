@@ -96,7 +96,8 @@ def split_languages(documents: list[str], source_script: str, target_script: str
 
 # ----------------------------------------------------------------------------------------- transfer
 
-def transfer(cfg: CrosslingualConfig, finetune: FinetuneConfig, raw_dir: Path, tracking: TrackingConfig) -> dict:
+def transfer(cfg: CrosslingualConfig, model_dir: Path, finetune: FinetuneConfig, raw_dir: Path,
+             tracking: TrackingConfig) -> dict:
     """{rows, source_validation}: zero-shot, target-trained, random-init and majority on the target's
     validation split, each with the task's metrics and score."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -109,7 +110,7 @@ def transfer(cfg: CrosslingualConfig, finetune: FinetuneConfig, raw_dir: Path, t
     source = load_task_data(FinetuneRun(task=cfg.task, dataset=cfg.source), raw_dir, ("train", split))
     target = load_task_data(FinetuneRun(task=cfg.task, dataset=cfg.target), raw_dir, ("train", split))
 
-    init = _model_folder(cfg.model)
+    init = _model_folder(model_dir)
     finetune = finetune.model_copy(update={"freeze_embeddings": cfg.freeze_embeddings})
 
     def trained(dataset: str, weights: str, label: str) -> tuple:
@@ -150,11 +151,11 @@ def majority(train_labels: list, eval_labels: list, task: str) -> dict:
     return glue_metrics(task, np.full(len(labels), guess), labels)
 
 
-def _model_folder(model: str) -> Path:
-    folder = Path(model)
+def _model_folder(model_dir: Path) -> Path:
+    folder = Path(model_dir)
     if not (folder / "config.json").exists():
-        raise LmforgeError(f"crosslingual.model {folder}: no Hugging Face model folder there "
-                           "(config.json + model.safetensors); run pretrain-bert first")
+        raise LmforgeError(f"crosslingual model {folder}: no Hugging Face model folder there "
+                           "(config.json + model.safetensors); run pretrain-bert first, or set crosslingual.model")
     return folder
 
 
@@ -173,14 +174,14 @@ def vector_inputs(cfg: CrosslingualConfig, raw_dir: Path) -> tuple[list[tuple[st
                                                                 f"corpus {folder}")
 
 
-def language_vector(cfg: CrosslingualConfig, raw_dir: Path, inputs=None) -> dict:
+def language_vector(cfg: CrosslingualConfig, model_dir: Path, raw_dir: Path, inputs=None) -> dict:
     """Word-translation retrieval over the dictionary, with and without the language vector, for the
     pretrained model and the same architecture with random weights."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     pairs, source_script, target_script, by_script = inputs or vector_inputs(cfg, raw_dir)
 
-    folder = _model_folder(cfg.model)
+    folder = _model_folder(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     results = {}
     for weights in ("pretrained", "random"):
@@ -301,9 +302,10 @@ def examples(queries: np.ndarray, candidates: np.ndarray, pairs: list[tuple[str,
 
 # ------------------------------------------------------------------------------------------- report
 
-def crosslingual_report(cfg: CrosslingualConfig, finetune: FinetuneConfig, raw_dir: Path,
+def crosslingual_report(cfg: CrosslingualConfig, model_dir: Path, finetune: FinetuneConfig, raw_dir: Path,
                         tracking: TrackingConfig) -> Path:
-    """Write cfg.out (JSON) and cfg.plot; log both to MLflow when tracking is on; return cfg.out."""
+    """Write cfg.out (JSON) and cfg.plot for the BERT in `model_dir` (crosslingual.model, else
+    pretrain.bert.out_dir); log both to MLflow when tracking is on; return cfg.out."""
     if not cfg.enabled:
         from lmforge.components.evaluation.plots import not_run
 
@@ -312,12 +314,12 @@ def crosslingual_report(cfg: CrosslingualConfig, finetune: FinetuneConfig, raw_d
         if not (Path(raw_dir) / getattr(cfg, key)).exists():
             raise LmforgeError(f"crosslingual.{key}: dataset {Path(raw_dir) / getattr(cfg, key)} not found; ingest the "
                                "task in both languages, or set crosslingual.enabled: false")
-    _model_folder(cfg.model)
+    _model_folder(model_dir)
     inputs = vector_inputs(cfg, raw_dir) if cfg.dictionary else None  # a one-language corpus fails before training
-    result = {"task": cfg.task, "source": cfg.source, "target": cfg.target, "model": cfg.model,
-              **transfer(cfg, finetune, raw_dir, tracking)}
+    result = {"task": cfg.task, "source": cfg.source, "target": cfg.target, "model": str(model_dir),
+              **transfer(cfg, model_dir, finetune, raw_dir, tracking)}
     if cfg.dictionary:
-        result["language_vector"] = language_vector(cfg, raw_dir, inputs)
+        result["language_vector"] = language_vector(cfg, model_dir, raw_dir, inputs)
     out = write_json(Path(cfg.out), result)
     plot(result, Path(cfg.plot))
     log.info("crosslingual: %s", json.dumps({r["setup"]: round(r["score"], 3) for r in result["rows"]}))

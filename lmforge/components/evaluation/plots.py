@@ -142,15 +142,26 @@ def similarity_heatmaps(panels: Mapping[str, np.ndarray], tick_labels: Sequence[
 
 
 def paired_bars(labels: Sequence[str], left: Sequence[float | None], right: Sequence[float | None],
-                names: tuple[str, str], ylabel: str, title: str, path: Path) -> Path:
-    """Two bars per group (a missing value leaves its bar out and says so)."""
+                names: tuple[str, str], ylabel: str, title: str, path: Path,
+                ranges: tuple[Sequence, Sequence] | None = None) -> Path:
+    """Two bars per group (a missing value leaves its bar out and says so); `ranges`, per side, a
+    (low, high) per group or None, drawn as a whisker: the spread over seeds."""
     plt = _pyplot()
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.5))
-    for offset, values, name in ((-0.2, left, names[0]), (0.2, right, names[1])):
+    for side, (offset, values, name) in enumerate(((-0.2, left, names[0]), (0.2, right, names[1]))):
         keep = [i for i, v in enumerate(values) if v is not None]
-        bars = ax.bar(x[keep] + offset, [values[i] for i in keep], width=0.4, label=name)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.bar(x[keep] + offset, [values[i] for i in keep], width=0.4, label=name)
+        spread = [i for i in keep if ranges and ranges[side][i] is not None]
+        if spread:
+            low, high = (np.array([ranges[side][i][k] for i in spread]) for k in (0, 1))
+            mid = np.array([values[i] for i in spread])
+            ax.errorbar(x[spread] + offset, mid, yerr=[mid - low, high - mid], fmt="none", ecolor="black",
+                        capsize=3, linewidth=1)
+        for i in keep:  # the value above its bar, or above its whisker
+            top = max(values[i], ranges[side][i][1]) if i in spread else values[i]
+            ax.annotate(f"{values[i]:.2f}", (x[i] + offset, top), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=7)
         for i in set(range(len(labels))) - set(keep):
             ax.text(x[i] + offset, 0.01, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color="grey")
     ax.axhline(0, color="black", linewidth=0.8)

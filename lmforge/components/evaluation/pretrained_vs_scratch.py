@@ -60,8 +60,11 @@ def pretrained_vs_scratch_report(metrics_dir: Path, out_dir: Path) -> Path:
     title = "fine-tuned from pretrained weights vs from random weights"
     if not rows:
         title += f"\n(no fine-tuning reports in {metrics_dir}: finetune.runs is empty)"
-    paired_bars(labels, values[0], values[1], INITS, "task score (validation), mean over seeds", title,
-                out_dir / "pretrained_vs_scratch.png")
+    # The whiskers: each side's range over its seeds, where it has more than one.
+    ranges = tuple([None if r["seeds"][i] < 2 else [v * k for v in r["range"][i]] for r, k in zip(rows, scale)]
+                   + [None] * len(scored) for i in INITS)
+    paired_bars(labels, values[0], values[1], INITS, "task score (validation), mean over seeds (whisker: range)",
+                title, out_dir / "pretrained_vs_scratch.png", ranges)
     return path
 
 

@@ -1,4 +1,6 @@
-"""Where a fine-tuning run's weights start: our pretrained model, random weights, or any local HF folder."""
+"""A fine-tuning run's starting folder, checked and loaded: our pretrained model, its architecture with
+random weights (scratch), or any local HF folder. The caller resolves the folder
+(FinetuneRun.init_dir: pretrain.<model>.out_dir unless `init` names one)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,6 @@ from lmforge.components.config import FinetuneRun
 from lmforge.components.errors import LmforgeError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-
-
-def init_folder(run: FinetuneRun, models_dir: str) -> Path:
-    """The HF folder whose config (and, unless scratch, weights) the run starts from."""
-    if run.init in ("pretrained", "scratch"):
-        return Path(models_dir) / f"{run.model}-pretrained"
-    return Path(run.init)
 
 
 def check_checkpoint(folder: Path, need_weights: bool) -> None:
@@ -96,12 +91,13 @@ def _safetensors_problem(file: Path) -> str | None:
     return None
 
 
-def load_init(run: FinetuneRun, models_dir: str, num_labels: int, model_class, *, max_seq_length: int,
+def load_init(run: FinetuneRun, folder: Path, num_labels: int, model_class, *, max_seq_length: int,
               **config_overrides):
-    """(model, tokenizer) for a run: `model_class` with a fresh task head on the chosen init.
+    """(model, tokenizer) for a run: `model_class` with a fresh task head on `folder`'s weights (its
+    config alone when the run is scratch).
 
     Fails before loading weights when finetune.max_seq_length exceeds the model's positions."""
-    folder = init_folder(run, models_dir)
+    folder = Path(folder)
     scratch = run.init == "scratch"
     check_checkpoint(folder, need_weights=not scratch)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))

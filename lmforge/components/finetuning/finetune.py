@@ -32,13 +32,14 @@ from lmforge.components.tracking import data_used
 from lmforge.components.training.trainer import finished_model
 
 
-def finetune(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
-    """Fine-tune `run.model` on `run.task`, whichever kind of task it is; return the exported model folder."""
+def finetune(cfg: FinetuneConfig, run: FinetuneRun, init_dir: Path, raw_dir: Path, tracking: TrackingConfig) -> Path:
+    """Fine-tune `run.model` on `run.task`, whichever kind of task it is, starting from the HF folder
+    `init_dir` (run.init_dir(params.pretrain)); return the exported model folder."""
     if run.task in QA_TASKS:
-        return finetune_qa(cfg, run, raw_dir, tracking)
+        return finetune_qa(cfg, run, init_dir, raw_dir, tracking)
     if run.task in TAGGING_TASKS:
-        return finetune_tagging(cfg, run, raw_dir, tracking)
-    return finetune_glue(cfg, run, raw_dir, tracking)
+        return finetune_tagging(cfg, run, init_dir, raw_dir, tracking)
+    return finetune_glue(cfg, run, init_dir, raw_dir, tracking)
 
 
 def load_task_data(run: FinetuneRun, raw_dir: Path, splits: tuple[str, ...] = (),
@@ -58,10 +59,10 @@ def load_task_data(run: FinetuneRun, raw_dir: Path, splits: tuple[str, ...] = ()
     return data
 
 
-def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig,
+def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, init_dir: Path, raw_dir: Path, tracking: TrackingConfig,
                   run_dir: Path | None = None) -> Path:
-    """Fine-tune `run.model` on GLUE task `run.task`; score every validation split (MNLI has two).
-    `run_dir`: the training's folder (default runs/finetune-<name>)."""
+    """Fine-tune `run.model` on GLUE task `run.task` from `init_dir`; score every validation split
+    (MNLI has two). `run_dir`: the training's folder (default cfg.run_dir(run.name))."""
     spec = GLUE_TASKS[run.task]
     data = load_task_data(run, raw_dir, ("train", spec.validation_splits[0]))
     labels = ["score"] if spec.is_regression else list(spec.label_names)
@@ -72,7 +73,7 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking
     train = cfg.train
     # Seeded before the model is built: the seed fixes a new head's (or a scratch model's) weights too.
     L.seed_everything(train.seed, workers=True, verbose=False)
-    model, tokenizer = load_init(run, cfg.models_dir, len(labels), model_class, max_seq_length=cfg.max_seq_length,
+    model, tokenizer = load_init(run, init_dir, len(labels), model_class, max_seq_length=cfg.max_seq_length,
                                  **extra)
     if gpt:  # GPT-2 has no pad token: pad with end-of-text, which the head skips when finding the last token
         tokenizer.pad_token = tokenizer.eos_token
@@ -106,28 +107,24 @@ def finetune_aside(cfg: FinetuneConfig, run: FinetuneRun, init_dir: Path, raw_di
     reports that fine-tune on the side (crosslingual, when-BERT-learns). `run.init` pretrained
     starts from `init_dir`'s weights, scratch from its config. Returns (model folder, metrics)."""
     import json
-    import shutil
 
-    models = Path(run_dir) / "models"
-    start = models / f"{run.model}-pretrained"  # where a pretrained/scratch run starts from
-    if start.exists():
-        shutil.rmtree(start)
-    shutil.copytree(init_dir, start)
-    aside = cfg.model_copy(update={"models_dir": str(models), "reports_dir": str(Path(run_dir) / "metrics"),
+    aside = cfg.model_copy(update={"models_dir": str(Path(run_dir) / "models"),
+                                   "reports_dir": str(Path(run_dir) / "metrics"),
                                    "predictions_dir": str(Path(run_dir) / "predictions")})
-    folder = finetune_glue(aside, run, raw_dir, tracking, run_dir=Path(run_dir))
+    folder = finetune_glue(aside, run, init_dir, raw_dir, tracking, run_dir=Path(run_dir))
     return folder, json.loads((Path(aside.reports_dir) / f"{run.name}.json").read_text())
 
 
-def finetune_qa(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
-    """Fine-tune BERT for extractive QA on `run.task` (squad, or squad_v2 with unanswerable questions)."""
+def finetune_qa(cfg: FinetuneConfig, run: FinetuneRun, init_dir: Path, raw_dir: Path, tracking: TrackingConfig) -> Path:
+    """Fine-tune BERT from `init_dir` for extractive QA on `run.task` (squad, or squad_v2 with
+    unanswerable questions)."""
     cfg.check_qa_windows()
     data = load_task_data(run, raw_dir, ("train", "validation"), QA_COLUMNS)
     version_2 = run.task == "squad_v2"
     train = cfg.train
     L.seed_everything(train.seed, workers=True, verbose=False)
     # Two outputs per token: its start and its end logit.
-    model, tokenizer = load_init(run, cfg.models_dir, 2, BertForQuestionAnswering, max_seq_length=cfg.max_seq_length)
+    model, tokenizer = load_init(run, init_dir, 2, BertForQuestionAnswering, max_seq_length=cfg.max_seq_length)
 
     train_windows = encode_qa(data["train"], tokenizer, cfg, train=True)
     val_windows = encode_qa(data["validation"], tokenizer, cfg, train=False)
@@ -146,13 +143,15 @@ def finetune_qa(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: 
     return publish(cfg, run, tracking, fitted.run_id, best, tokenizer, metrics, scored.rows)
 
 
-def finetune_tagging(cfg: FinetuneConfig, run: FinetuneRun, raw_dir: Path, tracking: TrackingConfig) -> Path:
-    """Fine-tune BERT for token tagging (NER) on `run.task`; score validation, and test when it has labels."""
+def finetune_tagging(cfg: FinetuneConfig, run: FinetuneRun, init_dir: Path, raw_dir: Path,
+                     tracking: TrackingConfig) -> Path:
+    """Fine-tune BERT from `init_dir` for token tagging (NER) on `run.task`; score validation, and
+    test when it has labels."""
     data = load_task_data(run, raw_dir, ("train", "validation"), TAGGING_COLUMNS)
     labels = tag_names(data["train"])
     train = cfg.train
     L.seed_everything(train.seed, workers=True, verbose=False)
-    model, tokenizer = load_init(run, cfg.models_dir, len(labels), BertForTokenClassification,
+    model, tokenizer = load_init(run, init_dir, len(labels), BertForTokenClassification,
                                  max_seq_length=cfg.max_seq_length, id2label=dict(enumerate(labels)),
                                  label2id={name: i for i, name in enumerate(labels)})
 

@@ -25,7 +25,7 @@ from lmforge.components.config import FinetuneConfig, FinetuneRun, TrackingConfi
 from lmforge.components.tracking import DataUsed, mlflow_logger
 from lmforge.components.training.distributed import gather_in_order
 from lmforge.components.training.module import TrainingModule
-from lmforge.components.training.trainer import RunRecord, build_trainer, total_steps
+from lmforge.components.training.trainer import RunBookkeeping, build_trainer, total_steps
 
 
 class FinetuneModule(TrainingModule):
@@ -114,15 +114,16 @@ def fit(module: FinetuneModule, train_loader: DataLoader, val_loader: DataLoader
         run: FinetuneRun, tracking: TrackingConfig, metric: str, run_dir: Path | None = None,
         data: DataUsed | None = None) -> Fitted:
     """Train with early stopping on val/<metric>, keeping the checkpoint best on it. The run's folder
-    (default runs/finetune-<name>) also names its MLflow run, tagged with the run's task, model and
-    init; `data` (what it trains and validates on) becomes the run's MLflow dataset inputs."""
+    (default cfg.run_dir(run.name): runs/finetune-<name>) also names its MLflow run, tagged with the
+    run's task, model and init; `data` (what it trains and validates on) becomes the run's MLflow
+    dataset inputs."""
     train = cfg.train
-    run_dir = Path(run_dir or Path("runs") / f"finetune-{run.name}")
+    run_dir = Path(run_dir or cfg.run_dir(run.name))
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor=f"val/{metric}", mode="max", save_top_k=1,
                            filename="best", save_last=True, enable_version_counter=False)
     logger = mlflow_logger(tracking, run_dir.name, task=run.task, model=run.model, init=run.init, stage="finetune")
-    record = RunRecord(logger, {**cfg.model_dump(mode="json", exclude={"runs"}), **run.model_dump()}, run_dir,
-                       data=data)
+    record = RunBookkeeping(logger, {**cfg.model_dump(mode="json", exclude={"runs"}), **run.model_dump()}, run_dir,
+                            data=data)
     stop = EarlyStopping(monitor=f"val/{metric}", mode="max", patience=cfg.patience)
     trainer = build_trainer(train, run_dir, logger, [record, best, stop], max_steps=1, val_check_interval=1.0,
                             check_val_every_n_epoch=1)  # both set below, once the number of processes is known

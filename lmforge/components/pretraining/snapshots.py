@@ -1,7 +1,8 @@
 """Snapshots: the model exported at chosen steps of pretraining, for "when does BERT learn?".
 
 Each is a whole Hugging Face folder (<dir>/step-<N>, step 0 before any training), written by global
-rank 0 the moment its step is reached and moved into place complete. A fresh run starts the folder
+rank 0 the moment its step is reached and moved into place complete; <dir>/steps.json lists the
+steps asked for, so the folder (a DVC output) is never empty, even with no snapshots. A fresh run starts the folder
 empty; a resumed one keeps the snapshots of the steps it already passed (they are the same weights
 it would write again), so a killed run resumed leaves the same snapshots as one never stopped.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lmforge.components.atomic import write_json
 from lmforge.components.training.checkpoints import export
 
 STEP = re.compile(r"step-(\d+)")
@@ -37,6 +39,7 @@ class Snapshots(L.Callback):
             for step, path in snapshot_folders(self.folder).items():
                 if step > trainer.global_step or step not in self.steps or trainer.global_step == 0:
                     shutil.rmtree(path)  # not this run's: a later step, or another run's
+            write_json(self.folder / "steps.json", {"snapshot_steps": sorted(self.steps)})
         self._maybe_save(trainer, module)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:

@@ -21,13 +21,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
 from lmforge.components.config import TrackingConfig, TrainConfig
+from lmforge.components.console import CONSOLE
 from lmforge.components.errors import LmforgeError
 from lmforge.components.pretraining.collate import IndexedDataset, ResumableBatchSampler
 from lmforge.components.pretraining.module import PretrainModule
 from lmforge.components.pretraining.throughput import ThroughputLogger, measure_peak_flops
 from lmforge.components.tracking import mlflow_logger
 from lmforge.components.training.checkpoints import load_checkpoint, resumable
-from lmforge.components.training.trainer import RunRecord, build_trainer, resolve_accelerator, total_steps
+from lmforge.components.training.run_record import read_run_record
+from lmforge.components.training.trainer import RunBookkeeping, build_trainer, resolve_accelerator, total_steps
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +104,14 @@ def fit(module: PretrainModule, data: PretrainDataModule, cfg: TrainConfig, run_
     resume = resumable(run_dir, params) and ckpt.exists()
     if resume:  # a corrupt checkpoint fails now, before any run starts (memory-mapped: read once, for its checksums)
         load_checkpoint(ckpt, map_location="cpu", mmap=True, verify=True)
-    run_id_file = run_dir / "mlflow_run_id"
-    previous_run = run_id_file.read_text().strip() if resume and run_id_file.exists() else None
+    previous_run = read_run_record(run_dir).mlflow_run_id if resume else None  # resumable: the record exists
     logger = mlflow_logger(tracking, run_name, task="pretrain", model=run_name.removeprefix("pretrain-"),
                            init="scratch", stage="pretrain")
     accelerator = resolve_accelerator(cfg.accelerator)
     peak = measure_peak_flops("cuda" if accelerator == "gpu" else "cpu",
                               torch.bfloat16 if "bf16" in cfg.precision else torch.float32)
     throughput = ThroughputLogger(flops_per_token, peak)
-    record = RunRecord(logger, params, run_dir, previous_run)
+    record = RunBookkeeping(logger, params, run_dir, previous_run)
     checkpoints = ModelCheckpoint(dirpath=ckpt.parent, save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps)
     trainer = build_trainer(cfg, run_dir, logger, [record, checkpoints, throughput, *callbacks], max_steps=1,  # set below
@@ -125,7 +126,7 @@ def fit(module: PretrainModule, data: PretrainDataModule, cfg: TrainConfig, run_
     module.total_steps = trainer.fit_loop.epoch_loop.max_steps = total_steps(cfg, len(data.train) // global_batch)
     data.total_batches = module.total_steps * cfg.accumulate_grad_batches
     if resume and rank_zero_only.rank == 0:  # said once, not by every process
-        log.info("resuming from %s", ckpt)
+        log.info("resuming from %s", ckpt, extra=CONSOLE)  # the user should know it did not start over
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
     trainer.validate(module, datamodule=data, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

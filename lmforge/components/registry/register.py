@@ -23,6 +23,7 @@ from lmforge.components.errors import LmforgeError
 from lmforge.components.registry.gate import Candidate, register
 from lmforge.components.registry.packaging import pipeline_task
 from lmforge.components.tracking import tracking_client
+from lmforge.components.training.run_record import read_run_record
 
 
 @dataclass
@@ -106,11 +107,12 @@ def candidate(params: Params, name: str, score: Scorer | None = None) -> Candida
     pretrained = pretrained_models(params)
     if name in pretrained:
         cfg = getattr(params.pretrain, pretrained[name])
-        model_dir, run_dir, section = Path(cfg.out_dir), Path(cfg.run_dir), cfg.model_dump(mode="json")
+        model_dir, run_dir = params.pretrain.model_dir(pretrained[name]), Path(cfg.run_dir)
+        section = cfg.model_dump(mode="json")
         labels = {"task": "pretrain", "model": pretrained[name], "init": "scratch"}
     else:
         run = params.finetune.runs[name]
-        model_dir, run_dir = Path(params.finetune.models_dir) / name, Path("runs") / f"finetune-{name}"
+        model_dir, run_dir = Path(params.finetune.models_dir) / name, params.finetune.run_dir(name)
         labels = {"task": run.task, "model": run.model, "init": run.init}
         section = {**params.finetune.model_dump(mode="json", exclude={"runs"}), **run.model_dump(mode="json")}
     if not model_dir.is_dir():
@@ -120,13 +122,13 @@ def candidate(params: Params, name: str, score: Scorer | None = None) -> Candida
     else:  # the finetune stage scored it on the same splits with the same code as evaluate does
         value = validation_value(read_metrics(Path(params.finetune.reports_dir) / f"{name}.json"))
 
+    training_run = read_run_record(run_dir).mlflow_run_id  # the lineage points back to the run that trained it
     dvc = DvcProject(".")
     commit, dirty = git_state(".")
-    run_id_file = run_dir / "mlflow_run_id"
     lineage = {"git.commit": commit, "git.dirty": str(dirty), "dvc.data": dvc.out_hash(params.ingest.out_dir) or "",
                "dvc.tokenizer": dvc.out_hash(params.tokenizer.out_dir) or "",
                "dvc.model": dvc.out_hash(model_dir) or tree_hash(model_dir), "params.hash": params_hash(section),
-               "lineage.training_run": run_id_file.read_text().strip() if run_id_file.exists() else "",
+               "lineage.training_run": training_run or "",
                "lineage.flow_run": parent_run.get() or ""}
     return Candidate(name, model_dir, score.metric, float(value), score.higher_is_better,
                      validation_hash(score.dataset_dir), input_example(pipeline_task(model_dir), score.dataset_dir,

@@ -81,9 +81,10 @@ def _checkpoint_problem(path: Path, verify: bool) -> str | None:
 
 
 def resumable(run_dir: Path, params: dict) -> bool:
-    """Resume only a run of the same params: a changed config starts afresh."""
-    saved = run_dir / "params.json"
-    return saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(params, sort_keys=True))
+    """Resume only a run of the same params (its run record's): a changed config starts afresh."""
+    from lmforge.components.training.run_record import has_run_record, read_run_record
+
+    return has_run_record(run_dir) and read_run_record(run_dir).params == json.loads(json.dumps(params, sort_keys=True))
 
 
 def export(model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:

@@ -8,7 +8,7 @@ processes are here, once:
 - the batch a step sees is train.batch_size per device x devices x num_nodes x accumulate_grad_batches,
   and `total_steps` counts optimizer steps of that global batch, so max_steps, warm-up and the
   schedule mean the same with one process or many;
-- the MLflow run is created by global rank 0 only, once the ranks are known (`RunRecord`), and its
+- the MLflow run is created by global rank 0 only, once the ranks are known (`RunBookkeeping`), and its
   id broadcast to every rank; every file (export, metrics, plots, receipts) is written by rank 0;
 - the trained weights are gathered whole before export (`finished_model`), whatever the strategy
   shards (FSDP).
@@ -16,8 +16,8 @@ processes are here, once:
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ from lightning.pytorch.callbacks import RichProgressBar
 import torch
 
 from lmforge.components.config import TrackingConfig, TrainConfig
-from lmforge.components.console import lightning_through_root
+from lmforge.components.console import through_root
 from lmforge.components.errors import LmforgeError
 from lmforge.components.tracking import DataUsed, flatten_params, log_data
 from lmforge.components.training.checkpoints import AtomicCheckpointIO, load_checkpoint
+from lmforge.components.training.run_record import RunRecord, write_run_record
 
 
 def resolve_accelerator(name: str) -> str:
@@ -84,12 +85,15 @@ def strategy(cfg: TrainConfig, accelerator: str, wrap: set[type] | None = None):
     return name
 
 
-lightning_through_root()
+through_root("lightning")
 
 
 class ProgressBar(RichProgressBar):
     """Lightning's rich bar, counting epochs from 1 out of those max_steps makes: every run here
-    stops at max_steps (max_epochs is -1), where Lightning's own bar says "Epoch 0/-2"."""
+    stops at max_steps (max_epochs is -1), where Lightning's own bar says "Epoch 0/-2". It shows the
+    losses only: the run's version and tokens/s wrapped the bar over five lines on a narrow terminal."""
+
+    SHOWN = ("train/loss", "val/loss")
 
     def _get_train_description(self, current_epoch: int) -> str:
         batches = self.trainer.num_training_batches
@@ -99,6 +103,15 @@ class ProgressBar(RichProgressBar):
         width = len(self.validation_description)  # as Lightning pads it: no flicker between the two bars
         return f"{text:{width}}" if width > len(text) else text
 
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k in self.SHOWN}
+
+
+def live_bar() -> bool:
+    """A bar only where someone watches it: on a terminal. Written to a file or a pipe (CI, `make demo >
+    log`), rich prints each finished bar whole, several lines per run, into the output."""
+    return sys.stdout.isatty()
+
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, logger, callbacks: list, *, max_steps: int,
                   val_check_interval: int | float, check_val_every_n_epoch: int | None = 1,
@@ -106,7 +119,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, logger, callbacks: list, *, m
                   wrap: set[type] | None = None) -> L.Trainer:
     """The Trainer for a run under `cfg`, its checkpoints written whole (AtomicCheckpointIO)."""
     accelerator = resolve_accelerator(cfg.accelerator)
-    callbacks = [*callbacks, ProgressBar()]
+    callbacks = [*callbacks, ProgressBar()] if live_bar() else list(callbacks)
     if logger is not None:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
@@ -119,15 +132,15 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, logger, callbacks: list, *, m
         limit_val_batches=limit_val_batches, num_sanity_val_steps=0, log_every_n_steps=cfg.log_every_n_steps,
         use_distributed_sampler=use_distributed_sampler, deterministic=cfg.deterministic,
         logger=logger if logger is not None else False, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(run_dir), enable_model_summary=False,
+        default_root_dir=str(run_dir), enable_model_summary=False, enable_progress_bar=live_bar(),
     )
 
 
-class RunRecord(L.Callback):
+class RunBookkeeping(L.Callback):
     """A run's MLflow bookkeeping, done by global rank 0 once the processes know their ranks (before
-    that, a process of a second node takes itself for rank 0): the params, the run-id file the
-    registry's lineage reads, the attempt a resumed run continues, the data it trains on (`data`, MLflow
-    dataset inputs); then the run id is broadcast."""
+    that, a process of a second node takes itself for rank 0): the params, the attempt a resumed run
+    continues, the data it trains on (`data`, MLflow dataset inputs), and the run record (run_record.py)
+    that the next attempt resumes by and the registry's lineage reads; then the run id is broadcast."""
 
     def __init__(self, logger, params: dict[str, Any], run_dir: Path, previous_run: str | None = None,
                  data: DataUsed | None = None):
@@ -143,7 +156,6 @@ class RunRecord(L.Callback):
         run_id = None
         if trainer.is_global_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "params.json").write_text(json.dumps(self.params, sort_keys=True))
             if self.logger is not None:
                 self.logger.log_hyperparams(flatten_params(self.params))
                 run_id = self.logger.run_id
@@ -151,7 +163,8 @@ class RunRecord(L.Callback):
                     continues(self.logger.experiment, run_id, self.previous_run)
                 if self.data is not None:
                     log_data(self.logger.experiment, run_id, self.data)
-                (self.run_dir / "mlflow_run_id").write_text(run_id)  # the registry's lineage points back to it
+            # Written once the MLflow run is set up: an attempt that failed before keeps the last record.
+            write_run_record(self.run_dir, RunRecord(run_id, self.params))
         self.run_id = trainer.strategy.broadcast(run_id)
 
 
