@@ -106,13 +106,14 @@ def run_custom_finetune(driver, deployment_page: str, learning_rate: float) -> N
     wait.until(lambda _: driver.find_element(By.XPATH, f"{field}//input").get_attribute("value") == str(learning_rate))
     # The server answers 503 when SQLite is busy with another writer (the runner marks its deployments
     # ready on every poll), and the UI then leaves the form as it was, saying nothing. Prefect's own
-    # client retries such answers; so does the user here, submitting again.
+    # client retries such answers, waiting between tries; so does the user here, submitting again.
     answers(driver, "/create_flow_run")  # emptied: only the answers to Submit count
-    for _ in range(5):
+    for attempt in range(10):  # backing off: on a loaded machine SQLite stays busy for seconds (seen in CI)
         click("//button[@type='submit'][normalize-space()='Submit']")
         [status, *_] = wait.until(lambda _: answers(driver, "/create_flow_run"))
         if status != 503:
             break
+        time.sleep(min(1 + 2 * attempt, 10))
     page = driver.find_element(By.TAG_NAME, "body").text
     assert status in (200, 201), f"the server refused the run ({status}):\n{page}"
     # An accepted run takes the browser back to the deployment's page.
