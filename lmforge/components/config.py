@@ -277,7 +277,7 @@ class GptPretrainConfig(CorpusInput):
     plot: str = "reports/plots/pretrain_gpt_loss.png"
     block_size: int = Field(128, ge=8)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=200, learning_rate=2e-3,
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=120, learning_rate=2e-3,
                                                                    adam_betas=(0.9, 0.98), adam_epsilon=1e-6))
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from lmforge.components.errors import LmforgeError
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_S = 600  # DVC's own lock wait is seconds; a concurrent flow's stage commit can take longer
+_THIS_PROCESS = threading.RLock()  # DVC's lock is a file lock: this process's other threads wait here, not polling it
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class DvcProject:
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
-                with self._repo() as repo:
+                with _THIS_PROCESS, self._repo() as repo:
                     return fn(repo)
             except LockError:
                 if time.monotonic() > deadline:
@@ -102,11 +104,27 @@ class DvcProject:
         return {name.rsplit(":", 1)[-1]: reasons(entries) for name, entries in status.items()} \
             if isinstance(status, dict) else {}
 
-    def record(self, stage: str) -> None:
-        """`dvc commit -f <stage>`: outputs into the cache, hashes into dvc.lock."""
-        if not self.enabled:
+    def record(self, *stages: str) -> None:
+        """`dvc commit -f <stage>...`: outputs into the cache, hashes into dvc.lock, which is rewritten
+        once for all of them. By hand from DVC's own steps because its `commit` takes one target and
+        rewrites the whole dvc.lock each time (2-2.5 s for the demo's 130 KB lock, measured)."""
+        if not self.enabled or not stages:
             return
-        self._with_lock(f"record {stage}", lambda repo: repo.commit(stage, force=True))
+
+        def commit(repo) -> None:
+            from itertools import groupby
+
+            with repo.lock:
+                infos = [info for stage in stages for info in repo.stage.collect_granular(stage)]
+                for dvcfile, group in groupby(infos, key=lambda info: info.stage.dvcfile):
+                    saved = []
+                    for info in group:
+                        info.stage.save()
+                        info.stage.commit(filter_info=info.filter_info)
+                        saved.append(info.stage)
+                    dvcfile.dump_stages(saved, update_pipeline=False)
+
+        self._with_lock(f"record {', '.join(stages)}", commit)
 
     def lock_entry(self, stage: str) -> dict:
         return self.locked_stages().get(stage, {})
@@ -133,6 +151,89 @@ class DvcProject:
                 if out["path"].rstrip("/") == wanted:
                     return out.get("md5")
         return None
+
+
+class Recorder:
+    """Records the stages a flow ran in dvc.lock, several at once, on a thread of its own. dvc.lock is
+    rewritten whole for each record (1.6 s for the demo's 65 stages, 2.4 s for five at once, measured),
+    so stages are recorded when a stage about to start depends on them (`wait_for`: it reads their
+    hashes, as registration does for lineage, and `dvc repro` would have recorded them first), when
+    one has waited `within_s`, and when the flow ends. A process killed before then leaves the stages
+    of the last `within_s` to rerun next time."""
+
+    def __init__(self, dvc: DvcProject, within_s: float = 30.0):
+        self.dvc, self.within_s = dvc, within_s
+        self._pending: list[str] = []   # ran, not yet being recorded
+        self._since = 0.0               # when the oldest of them ended
+        self._writing: list[str] = []   # being recorded now
+        self._wanted: set[str] = set()  # what a stage about to start waits for
+        self._error: BaseException | None = None
+        self._closing = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="dvc-recorder", daemon=True)
+        self._thread.start()
+
+    def add(self, stage: str) -> None:
+        with self._changed:
+            if not self._pending:
+                self._since = time.monotonic()
+            self._pending.append(stage)
+            self._changed.notify_all()
+
+    def wait_for(self, stages) -> None:
+        """Return once each of `stages` added so far is in dvc.lock; raise what stopped the recorder."""
+        stages = set(stages)
+        with self._changed:
+            self._wanted |= stages
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._error is not None or not stages & {*self._pending, *self._writing})
+            self._wanted -= stages
+            if self._error is not None:
+                raise self._error
+
+    def _due(self) -> bool:
+        return bool(self._pending) and (self._closing or bool(self._wanted & set(self._pending))
+                                        or time.monotonic() - self._since >= self.within_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due():
+                    if self._closing:
+                        return
+                    self._changed.wait(self._since + self.within_s - time.monotonic() if self._pending else None)
+                self._writing, self._pending = self._pending, []
+            try:
+                self.dvc.record(*self._writing)
+            except BaseException as error:  # noqa: BLE001 - raised in the flow's thread by wait_for / close
+                with self._changed:
+                    self._error = error
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                self._writing = []
+                self._changed.notify_all()
+
+    def close(self) -> None:
+        """Record what is left; raise what stopped the recorder."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if error is None:
+            self.close()
+        else:  # the flow's own error wins; what ran before it is still recorded
+            try:
+                self.close()
+            except BaseException:  # noqa: BLE001
+                log.exception("recording the stages that ran before the failure failed")
 
 
 def reasons(entries: list) -> list[str]:

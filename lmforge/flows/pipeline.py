@@ -33,7 +33,7 @@ from lmforge.components.errors import LmforgeError
 from lmforge.components.params_file import DEFAULT_PARAMS, load_params, write_params
 from lmforge.components.tracking import client_run, parent_run
 from lmforge.components.tracking import flow_run as flow_run_id
-from lmforge.components.versioning import DvcProject
+from lmforge.components.versioning import DvcProject, Recorder
 from lmforge.flows.tasks import StageOutcome, metrics_summary, run_stage, stage_options
 
 
@@ -103,9 +103,11 @@ def plan(params: Params, patterns: list[str], with_upstream: bool = False) -> li
 
 def run_all(steps: list[Step], params: Params, force: bool) -> list[StageOutcome]:
     """Run the steps in order, or up to orchestration.max_parallel_stages at a time, each once the
-    stages it depends on have finished. A failed stage fails the flow after what runs has finished."""
+    stages it depends on have finished and are recorded in dvc.lock (recording runs beside the next
+    stage). A failed stage fails the flow after what runs has finished."""
     task = run_stage.with_options(**stage_options(params.orchestration.retries, params.orchestration.retry_delay_s))
-    stale = None if force else DvcProject(".").stale()
+    dvc = DvcProject(".")
+    stale = None if force else dvc.stale()
 
     def known(step: Step, outcomes: dict[str, StageOutcome]) -> list[str] | None:
         """Why the stage reruns, or [] when it does not, as far as the status before the flow tells:
@@ -117,29 +119,38 @@ def run_all(steps: list[Step], params: Params, force: bool) -> list[StageOutcome
         ran = {name for name, o in outcomes.items() if o.status == "ran"}
         return None if step.upstream & ran else []
 
-    width = params.orchestration.max_parallel_stages
-    if width == 1:
-        done: dict[str, StageOutcome] = {}
-        for step in steps:
-            done[step.stage.dvc_name] = task(step.stage, force, known=known(step, done))
-        return list(done.values())
-    from prefect.futures import as_completed
+    def ended(outcome: StageOutcome) -> StageOutcome:
+        if outcome.status == "ran":
+            recorder.add(outcome.stage)
+        return outcome
 
-    waiting, running, outcomes, failed = list(steps), {}, {}, None
-    while waiting or running:
-        ready = [s for s in waiting if s.upstream <= outcomes.keys()] if failed is None else []
-        for step in ready[:width - len(running)]:
-            waiting.remove(step)
-            running[step.stage.dvc_name] = task.submit(step.stage, force, known=known(step, outcomes))
-        if not running:
-            break
-        future = next(as_completed(list(running.values())))
-        name = next(n for n, f in running.items() if f is future)
-        del running[name]
-        try:
-            outcomes[name] = future.result()
-        except BaseException as error:  # noqa: BLE001 - raised again once the running stages end
-            failed = failed or error
+    width = params.orchestration.max_parallel_stages
+    with Recorder(dvc) as recorder:
+        if width == 1:
+            done: dict[str, StageOutcome] = {}
+            for step in steps:
+                recorder.wait_for(step.upstream)
+                done[step.stage.dvc_name] = ended(task(step.stage, force, known=known(step, done), record=False))
+            return list(done.values())
+        from prefect.futures import as_completed
+
+        waiting, running, outcomes, failed = list(steps), {}, {}, None
+        while waiting or running:
+            ready = [s for s in waiting if s.upstream <= outcomes.keys()] if failed is None else []
+            for step in ready[:width - len(running)]:
+                waiting.remove(step)
+                recorder.wait_for(step.upstream)
+                running[step.stage.dvc_name] = task.submit(step.stage, force, known=known(step, outcomes),
+                                                           record=False)
+            if not running:
+                break
+            future = next(as_completed(list(running.values())))
+            name = next(n for n, f in running.items() if f is future)
+            del running[name]
+            try:
+                outcomes[name] = ended(future.result())
+            except BaseException as error:  # noqa: BLE001 - raised again once the running stages end
+                failed = failed or error
     if failed is not None:
         raise failed
     return [outcomes[s.stage.dvc_name] for s in steps]

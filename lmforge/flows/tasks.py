@@ -58,10 +58,12 @@ def _retry_transient(task, task_run, state) -> bool:
 
 
 @task(task_run_name="{planned.dvc_name}", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
-def run_stage(planned: PlannedStage, force: bool = False, root: str = ".", known: list[str] | None = None) -> StageOutcome:
+def run_stage(planned: PlannedStage, force: bool = False, root: str = ".", known: list[str] | None = None,
+              record: bool = True) -> StageOutcome:
     """Run one stage unless DVC says its deps, params and outs are what dvc.lock recorded.
     `known`: what the flow's one `dvc status` of the whole pipeline said of it (empty: unchanged),
-    where nothing it depends on has run since; None: ask DVC now."""
+    where nothing it depends on has run since; None: ask DVC now. `record`: record it in dvc.lock
+    here (a flow's Recorder does it instead, while the next stage runs)."""
     logger = get_run_logger()
     dvc = DvcProject(root)
     changes = dvc.changes(planned.dvc_name) if known is None else known
@@ -80,7 +82,8 @@ def run_stage(planned: PlannedStage, force: bool = False, root: str = ".", known
                               type(error).__name__, time.perf_counter() - start)
         logger.error("%s", console_line(failed), extra=CONSOLE)
         raise
-    dvc.record(planned.dvc_name)
+    if record:
+        dvc.record(planned.dvc_name)
     outcome = StageOutcome(planned.dvc_name, "ran", reason, time.perf_counter() - start, [str(p) for p in outputs])
     logger.info("%s", console_line(outcome), extra=CONSOLE)
     return outcome
