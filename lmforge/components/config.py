@@ -649,6 +649,10 @@ class OrchestrationConfig(Section):
     retrain_schedule_active: bool = Field(False, description="false: the schedule exists but is paused")
     max_parallel_stages: int = Field(1, ge=1, le=64, description="stages a flow runs at once, each when those it "
                                                                "depends on are done (1: one after another)")
+    # DVC rewrites all of dvc.lock to record a stage (1.6 s for the demo's): several at once cost one rewrite.
+    record_within_s: float = Field(30.0, ge=0, description="a stage that ran is recorded in dvc.lock before a stage "
+                                   "that depends on it starts, and at most this long after it ended (0: at once); "
+                                   "a flow killed outright reruns the stages it had not recorded")
     retries: int = Field(2, ge=0, le=10, description="retries of a stage that failed on a transient fault")
     retry_delay_s: float = Field(10.0, ge=0)
 

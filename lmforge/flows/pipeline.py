@@ -125,7 +125,7 @@ def run_all(steps: list[Step], params: Params, force: bool) -> list[StageOutcome
         return outcome
 
     width = params.orchestration.max_parallel_stages
-    with Recorder(dvc) as recorder:
+    with Recorder(dvc, params.orchestration.record_within_s) as recorder:
         if width == 1:
             done: dict[str, StageOutcome] = {}
             for step in steps:

@@ -263,14 +263,15 @@ def test_finetuning(workspace, tmp_path):
 
 
 def test_registration(workspace, tmp_path, prefect_api):
-    """SIGKILL in the evaluate_and_register flow while it saves the model to register: nothing is registered; the rerun registers version 1 and ends the killed flow's MLflow runs FAILED"""
+    """SIGKILL in the evaluate_and_register flow while it saves the model to register: nothing is registered; the rerun registers version 1, ends the killed flow's MLflow runs FAILED and, with stages recorded at once (orchestration.record_within_s 0), does not redo the evaluation"""
     import mlflow
 
     root = workspace.copy("finetune", tmp_path)
     args = ("flow", "evaluate_and_register", "--models", "bert-rte")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
 
-    frozen = Frozen(root, args, ("open",), "MLmodel")
+    # Each stage recorded in dvc.lock as it ends (by default within 30 s: a kill in between reruns it).
+    frozen = Frozen(root, (*args, "-S", "orchestration.record_within_s=0"), ("open",), "MLmodel")
     frozen.kill()
     runs = mlflow_runs(root, "lmforge-evaluate_and_register")
     killed = {r.info.run_id: r for r in runs if r.info.status == "RUNNING"}
