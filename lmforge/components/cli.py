@@ -91,9 +91,13 @@ def _run(args, params: Params) -> None:
         yaml.safe_dump(params.model_dump(mode="json"), sys.stdout, sort_keys=False)
     elif args.command == "stage":
         paths = STAGES[args.name](params)
-        from lmforge.components.training.distributed import world
+        # A stage that never imported torch ran in one process (importing it here costs ~2 s).
+        rank = 0
+        if "torch" in sys.modules:
+            from lmforge.components.training.distributed import world
 
-        if world()[0] == 0:  # the other ranks of a multi-process run wrote nothing
+            rank = world()[0]
+        if rank == 0:  # the other ranks of a multi-process run wrote nothing
             for path in paths:
                 print(path)
             if outputs_file := os.environ.get(OUTPUTS_ENV):  # a flow that ran this stage as a command reads them
