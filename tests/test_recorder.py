@@ -112,6 +112,39 @@ def test_a_failed_record_fails_the_next_stage_and_the_flow_with_dvcs_message(pro
     assert not (project / "dvc.lock").exists()  # nothing half-written
 
 
+class Killed(BaseException):
+    pass
+
+
+def test_a_record_stopped_while_writing_leaves_dvc_lock_as_it_was(project, monkeypatch):
+    # DVC writes dvc.lock in place; a flow killed mid-write (its recorder writes beside the next stage) once
+    # left a truncated dvc.lock that every later flow failed to read.
+    import dvc.utils.serialize._yaml as dvc_yaml
+
+    dvc = DvcProject(project)
+    dvc.record("a", "b")
+    before = (project / "dvc.lock").read_text()
+
+    dump = dvc_yaml._dump
+
+    def killed_mid_write(data, stream):
+        if not getattr(stream, "name", "").endswith("dvc.lock"):
+            return dump(data, stream)
+        stream.write("schema: '2.0'\nstages:\n  a:\n    cmd: ec")
+        stream.flush()
+        raise Killed  # the process stops here
+
+    monkeypatch.setattr(dvc_yaml, "_dump", killed_mid_write)
+    with pytest.raises(Killed):
+        dvc.record("c")
+    assert (project / "dvc.lock").read_text() == before
+    monkeypatch.setattr(dvc_yaml, "_dump", dump)
+    assert set(dvc.stale()) == {"c"}  # DVC reads it; c is recorded next time
+    dvc.record("c")
+    assert set(locked(project)) == {"a", "b", "c"}
+    assert not list((project / ".dvc" / "tmp").glob("lmforge-*"))  # no copy left behind
+
+
 def test_the_flows_error_wins_over_a_failed_record(project, caplog):
     (project / "b.txt").unlink()
     with pytest.raises(RuntimeError, match="the stage failed"):

@@ -112,7 +112,11 @@ class DvcProject:
             return
 
         def commit(repo) -> None:
+            import os
+            import shutil
             from itertools import groupby
+
+            from dvc.dvcfile import Lockfile
 
             with repo.lock:
                 infos = [info for stage in stages for info in repo.stage.collect_granular(stage)]
@@ -122,7 +126,18 @@ class DvcProject:
                         info.stage.save()
                         info.stage.commit(filter_info=info.filter_info)
                         saved.append(info.stage)
-                    dvcfile.dump_stages(saved, update_pipeline=False)
+                    # DVC rewrites dvc.lock in place: a flow killed while its recorder wrote left it truncated
+                    # (seen in CI). DVC writes a copy here, which then replaces dvc.lock in one step.
+                    lock = Path(os.path.splitext(dvcfile.path)[0] + ".lock")
+                    copy = Path(repo.tmp_dir) / f"lmforge-{os.getpid()}-{lock.name}"
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    if lock.exists():
+                        shutil.copyfile(lock, copy)
+                    try:
+                        Lockfile(repo, str(copy)).dump_stages(saved)
+                        os.replace(copy, lock)
+                    finally:
+                        copy.unlink(missing_ok=True)
 
         self._with_lock(f"record {', '.join(stages)}", commit)
 
