@@ -68,12 +68,28 @@ def test_pair_labels_are_balanced_and_mean_what_they_say(bert_tok, objective):
     assert checked >= len(examples) // 3  # the rest are one-sentence tails split in half
 
 
-def test_objective_none_packs_one_segment(bert_tok):
-    examples = build_bert_examples(numbered_docs(), bert_tok, 32, "none", short_seq_prob=0.0, seed=0)
+def test_objective_none_packs_full_rows_across_documents(bert_tok):
+    """The corpus's tokens in order, in rows of exactly the maximum length (bar the last), crossing
+    document boundaries with a [SEP] between documents; nothing lost, nothing repeated."""
+    docs = numbered_docs()
+    examples = build_bert_examples(docs, bert_tok, 32, "none", short_seq_prob=0.0, seed=0)
     assert "next_sentence_label" not in examples.column_names
+    stream = []
     for ex in examples:
-        assert set(ex["token_type_ids"]) == {0} and ex["input_ids"].count(bert_tok.sep_token_id) == 1
-        assert len(ex["input_ids"]) <= 32
+        ids = ex["input_ids"]
+        assert set(ex["token_type_ids"]) == {0}
+        assert ids[0] == bert_tok.cls_token_id and ids[-1] == bert_tok.sep_token_id
+        assert ids[1] != bert_tok.sep_token_id
+        body = ids[1:-1]
+        # A row that ends with its document gives up the [SEP] between documents to its own.
+        ends_a_document = bert_tok.convert_ids_to_tokens(body[-3:])[0] == "hotel"
+        stream += [*body, bert_tok.sep_token_id] if ends_a_document else body
+    assert [len(ex["input_ids"]) for ex in examples][:-1] == [32] * (len(examples) - 1)  # no padding but the last
+    words = bert_tok.convert_ids_to_tokens(stream)
+    assert [int(w) for w in words if w.isdigit()] == [d for d in range(len(docs)) for _ in range(8)]
+    # A [SEP] exactly where a document ends: after its eighth sentence ("hotel <d>.").
+    ends = [i for i, w in enumerate(words) if w == "[SEP]"]
+    assert [words[i - 3:i - 1] for i in ends] == [["hotel", str(d)] for d in range(len(docs))]
 
 
 def test_masking_rates_over_many_draws_and_specials_never_masked(bert_tok):
