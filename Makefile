@@ -35,7 +35,7 @@ demo: setup
 # tests wait on a server or a child process (measured: 7.7 min against 9.0 with two). Work stealing:
 # an idle worker takes tests queued on a busy one (measured: 10.2 min against 11.2 without).
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 3 --dist worksteal -m "slow or not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 3 --dist worksteal -m "slow or not slow" --durations=25
 
 # The fast tests only, for the edit-test loop.
 test-fast: setup

@@ -56,6 +56,17 @@ def test_four_rows_and_the_language_vector(workspace, monkeypatch):
     assert [r["trained_on"] for r in result["rows"]] == ["rte", "rte_zh", "rte", "rte"]
     for r in result["rows"]:
         assert r["main_metric"] == "accuracy" and 0 <= r["score"] <= 1
+    # Zero-shot and random weights: one fine-tuning per seed, the row their mean; the ceiling one seed.
+    assert [list(r["seeds"]) for r in result["rows"]] == [["0", "1"], ["0"], ["0", "1"], []]
+    for r in result["rows"][:3]:
+        assert r["score"] == pytest.approx(sum(r["seeds"].values()) / len(r["seeds"]))
+    assert sorted(p.name for p in (workspace / "run").iterdir() if p.name.startswith("crosslingual")) == [
+        "crosslingual-scratch-seed0", "crosslingual-scratch-seed1", "crosslingual-target-seed0",
+        "crosslingual-zero-shot-seed0", "crosslingual-zero-shot-seed1"]
+    verdict = result["zero_shot_beats_baselines"]
+    floor = max(max(result["rows"][2]["seeds"].values()), result["rows"][3]["score"])
+    assert verdict["margin_of_worst_seed"] == pytest.approx(min(result["rows"][0]["seeds"].values()) - floor)
+    assert verdict["every_seed"] == (verdict["margin_of_worst_seed"] > 0)
     # The majority row is the train split's commonest label, scored on the target's validation split.
     from datasets import load_from_disk
 
@@ -97,6 +108,22 @@ def test_language_by_script_and_one_language_is_a_clear_error(workspace, tmp_pat
     shutil.copytree(workspace / "raw" / "dictionary_en_zh", raw / "dictionary_en_zh")
     with pytest.raises(LmforgeError, match=r"has 0 sentences in CJK script .* pretrain on a corpus with both"):
         language_vector(config(workspace), bert(workspace), raw)
+
+
+def test_zero_shot_beats_the_baselines_only_if_its_worst_seed_does():
+    from lmforge.components.evaluation.crosslingual import beats, row
+
+    def rows(zero_shot, random_init, majority):
+        return [row("zero-shot", "en", {s: {"accuracy": a} for s, a in enumerate(zero_shot)}, "qnli"),
+                row("target", "zh", {0: {"accuracy": 0.9}}, "qnli"),
+                row("random", "en", {s: {"accuracy": a} for s, a in enumerate(random_init)}, "qnli"),
+                row("majority", "en", {None: {"accuracy": majority}}, "qnli")]
+
+    assert beats(rows([0.8, 0.7], [0.5, 0.6], 0.55)) == {"every_seed": True, "margin_of_worst_seed": pytest.approx(0.1)}
+    # A mean above both baselines is not enough: one seed at or below the best random-weights seed.
+    verdict = beats(rows([0.9, 0.55], [0.5, 0.6], 0.55))
+    assert verdict["every_seed"] is False and verdict["margin_of_worst_seed"] == pytest.approx(-0.05)
+    assert beats(rows([0.7], [0.4], 0.72))["every_seed"] is False  # below the majority class
 
 
 def test_retrieval_counts_the_right_translation_among_the_nearest():

@@ -98,8 +98,9 @@ def split_languages(documents: list[str], source_script: str, target_script: str
 
 def transfer(cfg: CrosslingualConfig, model_dir: Path, finetune: FinetuneConfig, raw_dir: Path,
              tracking: TrackingConfig) -> dict:
-    """{rows, source_validation}: zero-shot, target-trained, random-init and majority on the target's
-    validation split, each with the task's metrics and score."""
+    """{rows, source_validation, zero_shot_beats_baselines}: zero-shot, target-trained, random-init
+    and majority on the target's validation split, each with the task's metrics and score (the mean
+    over cfg.seeds for the zero-shot and random-init rows, each seed's score beside it)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from lmforge.components.finetuning.scoring import score_glue
@@ -113,31 +114,50 @@ def transfer(cfg: CrosslingualConfig, model_dir: Path, finetune: FinetuneConfig,
     init = _model_folder(model_dir)
     finetune = finetune.model_copy(update={"freeze_embeddings": cfg.freeze_embeddings})
 
-    def trained(dataset: str, weights: str, label: str) -> tuple:
-        run = FinetuneRun(task=cfg.task, model="bert", init=weights, dataset=dataset)
-        folder, _ = finetune_aside(finetune, run, init, raw_dir, tracking, Path(cfg.run_dir) / label)
+    def trained(dataset: str, weights: str, label: str, seed: int) -> tuple:
+        run = FinetuneRun(task=cfg.task, model="bert", init=weights, dataset=dataset, seed=seed)
+        aside = finetune.model_copy(update={"train": finetune.train.model_copy(update={"seed": seed})})
+        folder, _ = finetune_aside(aside, run, init, raw_dir, tracking, Path(cfg.run_dir) / f"{label}-seed{seed}")
         model = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
         return model, AutoTokenizer.from_pretrained(str(folder))
 
     def scored(model, tokenizer, data) -> dict:
         return score_glue(model, tokenizer, cfg.task, data[split], split, finetune).metrics
 
-    rows = []
-    model, tokenizer = trained(cfg.source, "pretrained", "crosslingual-zero-shot")
-    source_metrics = scored(model, tokenizer, source)
-    rows.append(row("zero-shot: fine-tuned on source, pretrained", cfg.source, scored(model, tokenizer, target), cfg.task))
-    model, tokenizer = trained(cfg.target, "pretrained", "crosslingual-target")
-    rows.append(row("fine-tuned on target, pretrained", cfg.target, scored(model, tokenizer, target), cfg.task))
-    model, tokenizer = trained(cfg.source, "scratch", "crosslingual-scratch")
-    rows.append(row("fine-tuned on source, random weights", cfg.source, scored(model, tokenizer, target), cfg.task))
-    rows.append(row("majority class of source", cfg.source, majority(source["train"]["label"],
-                                                                       target[split]["label"], cfg.task), cfg.task))
-    return {"rows": rows, "source_validation": {"metrics": source_metrics, "score": task_score(source_metrics)}}
+    zero_shot, random_init, source_metrics = {}, {}, {}
+    for seed in cfg.seeds:
+        model, tokenizer = trained(cfg.source, "pretrained", "crosslingual-zero-shot", seed)
+        source_metrics[seed] = scored(model, tokenizer, source)
+        zero_shot[seed] = scored(model, tokenizer, target)
+        model, tokenizer = trained(cfg.source, "scratch", "crosslingual-scratch", seed)
+        random_init[seed] = scored(model, tokenizer, target)
+    model, tokenizer = trained(cfg.target, "pretrained", "crosslingual-target", cfg.seeds[0])
+    rows = [row("zero-shot: fine-tuned on source, pretrained", cfg.source, zero_shot, cfg.task),
+            row("fine-tuned on target, pretrained", cfg.target, {cfg.seeds[0]: scored(model, tokenizer, target)},
+                cfg.task),
+            row("fine-tuned on source, random weights", cfg.source, random_init, cfg.task),
+            row("majority class of source", cfg.source,
+                {None: majority(source["train"]["label"], target[split]["label"], cfg.task)}, cfg.task)]
+    source_row = row("source validation", cfg.source, source_metrics, cfg.task)
+    return {"rows": rows, "source_validation": {k: source_row[k] for k in ("metrics", "score", "seeds")},
+            "zero_shot_beats_baselines": beats(rows)}
 
 
-def row(setup: str, trained_on: str, metrics: dict, task: str) -> dict:
+def beats(rows: list[dict]) -> dict:
+    """Does zero-shot beat random weights and the majority class in every seed, and by more than the
+    random-weights row's own spread over seeds? The report says which."""
+    zero_shot, random_init, majority_row = rows[0], rows[2], rows[3]
+    floor = max(max(random_init["seeds"].values()), majority_row["score"])
+    return {"every_seed": min(zero_shot["seeds"].values()) > floor,
+            "margin_of_worst_seed": min(zero_shot["seeds"].values()) - floor}
+
+
+def row(setup: str, trained_on: str, by_seed: dict, task: str) -> dict:
+    """A setup's mean metrics over its seeds (None: no training), its score, and each seed's score."""
+    metrics = {k: float(np.mean([m[k] for m in by_seed.values()])) for k in next(iter(by_seed.values()))}
     return {"setup": setup, "trained_on": trained_on, "metrics": metrics, "score": task_score(metrics),
-            "main_metric": main_metric(task)}
+            "main_metric": main_metric(task),
+            "seeds": {str(seed): task_score(m) for seed, m in by_seed.items() if seed is not None}}
 
 
 def majority(train_labels: list, eval_labels: list, task: str) -> dict:
@@ -330,6 +350,8 @@ def crosslingual_report(cfg: CrosslingualConfig, model_dir: Path, finetune: Fine
             for i, r in enumerate(result["rows"]):
                 client.log_metric(run_id, f"{['zero_shot', 'target_trained', 'random_init', 'majority'][i]}_score",
                                   r["score"])
+            client.log_metric(run_id, "zero_shot_margin_of_worst_seed",
+                              result["zero_shot_beats_baselines"]["margin_of_worst_seed"])
             for weights in ("pretrained", "random"):
                 for side in ("without_vector", "with_vector"):
                     lv = result.get("language_vector", {}).get(weights)
@@ -349,6 +371,9 @@ def plot(result: dict, path: Path) -> Path:
     ax = axes[0][0]
     labels = [r["setup"].replace(": ", ":\n").replace(", ", ",\n") for r in result["rows"]]
     ax.bar(range(len(labels)), [r["score"] for r in result["rows"]], color=["C0", "C2", "C1", "C7"])
+    for i, r in enumerate(result["rows"]):  # each seed's score on its mean's bar: the spread at a glance
+        seeds = list(r.get("seeds", {}).values())
+        ax.scatter([i] * len(seeds), seeds, color="k", s=12, zorder=3)
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
     ax.set(ylim=(0, 1), ylabel=f"{result['task']} score on {result['target']}",
            title=f"{result['source']} → {result['target']}")
