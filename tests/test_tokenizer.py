@@ -87,3 +87,28 @@ def test_training_leaves_the_corpus_folder_untouched(tiny_corpus, tmp_path):
     before = sorted(str(p.relative_to(tiny_corpus)) for p in tiny_corpus.rglob("*"))
     train_tokenizers(TokenizerConfig(), tiny_corpus, tmp_path / "tok", tmp_path / "m.json")
     assert sorted(str(p.relative_to(tiny_corpus)) for p in tiny_corpus.rglob("*")) == before
+
+
+def test_the_same_corpus_gives_the_same_bert_vocabulary_in_every_process(tmp_path):
+    """`tokenizers`' WordPieceTrainer numbered its `##` pieces in hash-map order, which differs per
+    process, and broke ties between merges by those numbers: the same corpus gave another vocabulary
+    on each run (huggingface/tokenizers#1794), so `dvc repro` after any change retrained everything
+    downstream on a different tokenizer."""
+    import subprocess
+    import sys
+
+    from lmforge.components.config import DemoConfig
+    from lmforge.components.data.demo import build_demo
+
+    build_demo(DemoConfig(entities=20, corpus_documents=300))["corpus"].save_to_disk(str(tmp_path / "corpus"))
+    script = ("import hashlib, json, sys; from datasets import load_from_disk; "
+              "from lmforge.components.config import BertTokenizerConfig; "
+              "from lmforge.components.tokenizer import train_bert_tokenizer; "
+              "t = train_bert_tokenizer(load_from_disk(sys.argv[1])['train'], BertTokenizerConfig(vocab_size=2000)); "
+              "print(json.dumps(t.get_vocab(), sort_keys=True))")
+    vocabs = [subprocess.run([sys.executable, "-c", script, str(tmp_path / "corpus")], capture_output=True, text=True,
+                             check=True).stdout for _ in range(3)]
+    assert vocabs[0] == vocabs[1] == vocabs[2]
+    vocab = json.loads(vocabs[0])
+    assert len(vocab) > 500 and "##" not in "".join(w for w in vocab if not w.startswith("##"))
+    assert "▁" not in "".join(vocab)  # the word-start mark used while learning never reaches the vocabulary

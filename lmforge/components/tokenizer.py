@@ -29,28 +29,73 @@ BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 END_OF_TEXT = "<|endoftext|>"
 
 
+WORD_START = "▁"  # marks a word's first piece while learning merges; never in the saved vocabulary
+
+
 def train_bert_tokenizer(texts: Dataset, cfg: BertTokenizerConfig) -> BertTokenizer:
-    """Learn a WordPiece vocabulary with BERT's normalizer (CJK characters split one per token)."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    """Learn a WordPiece vocabulary with BERT's normalizer (CJK characters split one per token),
+    the same on every run.
+
+    `tokenizers`' WordPieceTrainer is not deterministic: it numbers the `##` pieces in hash-map
+    order, and those numbers break ties between equally frequent merges, so the same corpus gave a
+    different vocabulary in each process (4 of 4 runs on the demo corpus; huggingface/tokenizers
+    #1794, fix unreleased). Its BPE trainer without a continuation prefix is deterministic (sorted
+    alphabet), so BPE learns the merges on words marked at their start instead, and the vocabulary
+    is read back as WordPiece's: a piece with the mark begins a word, one without is `##` (what the
+    WordPiece trainer does with its prefix)."""
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=cfg.strip_accents, lowercase=cfg.lowercase
     )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=cfg.vocab_size,
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.BertPreTokenizer(),
+        pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always", split=True),
+    ])
+    trainer = trainers.BpeTrainer(
+        # Merges that only join the mark to a character add nothing WordPiece lacks: room for them.
+        vocab_size=2 * cfg.vocab_size,
         min_frequency=cfg.min_frequency,
         special_tokens=BERT_SPECIAL_TOKENS,
-        continuing_subword_prefix="##",
         show_progress=False,  # seconds of work: its bars (drawn by the Rust side) only left blank lines in logs
     )
     tok.train_from_iterator(_batches(texts), trainer=trainer, length=len(texts))
     return BertTokenizer(
-        vocab=tok.get_vocab(),
+        vocab=wordpiece_vocab(tok.get_vocab(), cfg.vocab_size),
         do_lower_case=cfg.lowercase,
         strip_accents=cfg.strip_accents,
         tokenize_chinese_chars=True,
         model_max_length=cfg.model_max_length,
     )
+
+
+def wordpiece_vocab(bpe_vocab: dict[str, int], size: int) -> dict[str, int]:
+    """WordPiece's vocabulary from BPE pieces learnt on start-marked words: the special tokens, every
+    character as a word and, unless BERT's pre-tokenizer always stands it alone (punctuation, CJK),
+    as `##` (nothing seen is unknown), then the merged pieces in the order BPE learnt them, up to
+    `size` entries."""
+    by_id = sorted(bpe_vocab, key=bpe_vocab.get)
+    special = [t for t in by_id if t in BERT_SPECIAL_TOKENS]
+    chars = sorted({c for t in by_id if t not in BERT_SPECIAL_TOKENS for c in t if c != WORD_START})
+    words = [*special, *chars, *(f"##{c}" for c in chars if not _stands_alone(c))]
+    floor = len(words)
+    for piece in by_id:
+        if piece in BERT_SPECIAL_TOKENS or len(piece.lstrip(WORD_START)) < 2:
+            continue
+        words.append(piece[1:] if piece.startswith(WORD_START) else f"##{piece}")
+    words = list(dict.fromkeys(words))
+    return {w: i for i, w in enumerate(words[: max(size, floor)])}
+
+
+def _stands_alone(ch: str) -> bool:
+    """Punctuation and CJK characters, which BERT's normalizer and pre-tokenizer make words of their own."""
+    import unicodedata
+
+    code = ord(ch)
+    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+        return True
+    cjk = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+           (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+    return unicodedata.category(ch).startswith("P") or any(lo <= code <= hi for lo, hi in cjk)
 
 
 def train_gpt_tokenizer(texts: Dataset, cfg: GptTokenizerConfig) -> GPT2Tokenizer:
