@@ -63,15 +63,14 @@ def finetune(params: Params) -> list[Path]:
     """The run finetune.run names (dvc.yaml passes each configured run's name), else the one of
     finetune.task/model/init/seed. It starts from pretrain.<model>.out_dir (pretrained, scratch), a
     folder, or for models:/<name>@<alias> that registered model, downloaded."""
-    from lmforge.components.finetuning.finetune import finetune as run_finetune
+    from lmforge.components.finetuning.finetune import finetune as run_finetune, seeded
 
     from lmforge.components.registry.packaging import resolve_init
 
     cfg = params.finetune
     chosen = cfg.selected()
     run = chosen.model_copy(update={"init": resolve_init(chosen.init, params.tracking, cfg.models_dir)})
-    if run.seed is not None:  # the run's own seed: the training, its data order and its new head
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": run.seed})})
+    cfg = seeded(cfg, run)
     out = run_finetune(cfg, run, run.init_dir(params.pretrain), Path(params.ingest.out_dir), params.tracking)
     return [out, Path(cfg.reports_dir) / f"{run.name}.json"]
 

@@ -59,8 +59,13 @@ def train_bert_tokenizer(texts: Dataset, cfg: BertTokenizerConfig) -> BertTokeni
         show_progress=False,  # seconds of work: its bars (drawn by the Rust side) only left blank lines in logs
     )
     tok.train_from_iterator(_batches(texts), trainer=trainer, length=len(texts))
+    words = pre_tokenizers.BertPreTokenizer()
+
+    def stands_alone(ch: str) -> bool:  # punctuation, CJK: BERT's normalizer and pre-tokenizer cut it out of a word
+        return len(words.pre_tokenize_str(tok.normalizer.normalize_str(f"a{ch}a"))) > 1
+
     return BertTokenizer(
-        vocab=wordpiece_vocab(tok.get_vocab(), cfg.vocab_size),
+        vocab=wordpiece_vocab(tok.get_vocab(), cfg.vocab_size, stands_alone),
         do_lower_case=cfg.lowercase,
         strip_accents=cfg.strip_accents,
         tokenize_chinese_chars=True,
@@ -68,7 +73,7 @@ def train_bert_tokenizer(texts: Dataset, cfg: BertTokenizerConfig) -> BertTokeni
     )
 
 
-def wordpiece_vocab(bpe_vocab: dict[str, int], size: int) -> dict[str, int]:
+def wordpiece_vocab(bpe_vocab: dict[str, int], size: int, stands_alone) -> dict[str, int]:
     """WordPiece's vocabulary from BPE pieces learnt on start-marked words: the special tokens, every
     character as a word and, unless BERT's pre-tokenizer always stands it alone (punctuation, CJK),
     as `##` (nothing seen is unknown), then the merged pieces in the order BPE learnt them, up to
@@ -76,7 +81,7 @@ def wordpiece_vocab(bpe_vocab: dict[str, int], size: int) -> dict[str, int]:
     by_id = sorted(bpe_vocab, key=bpe_vocab.get)
     special = [t for t in by_id if t in BERT_SPECIAL_TOKENS]
     chars = sorted({c for t in by_id if t not in BERT_SPECIAL_TOKENS for c in t if c != WORD_START})
-    words = [*special, *chars, *(f"##{c}" for c in chars if not _stands_alone(c))]
+    words = [*special, *chars, *(f"##{c}" for c in chars if not stands_alone(c))]
     floor = len(words)
     for piece in by_id:
         if piece in BERT_SPECIAL_TOKENS or len(piece.lstrip(WORD_START)) < 2:
@@ -84,18 +89,6 @@ def wordpiece_vocab(bpe_vocab: dict[str, int], size: int) -> dict[str, int]:
         words.append(piece[1:] if piece.startswith(WORD_START) else f"##{piece}")
     words = list(dict.fromkeys(words))
     return {w: i for i, w in enumerate(words[: max(size, floor)])}
-
-
-def _stands_alone(ch: str) -> bool:
-    """Punctuation and CJK characters, which BERT's normalizer and pre-tokenizer make words of their own."""
-    import unicodedata
-
-    code = ord(ch)
-    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
-        return True
-    cjk = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
-           (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
-    return unicodedata.category(ch).startswith("P") or any(lo <= code <= hi for lo, hi in cjk)
 
 
 def train_gpt_tokenizer(texts: Dataset, cfg: GptTokenizerConfig) -> GPT2Tokenizer:

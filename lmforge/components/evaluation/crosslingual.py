@@ -116,8 +116,7 @@ def transfer(cfg: CrosslingualConfig, model_dir: Path, finetune: FinetuneConfig,
 
     def trained(dataset: str, weights: str, label: str, seed: int) -> tuple:
         run = FinetuneRun(task=cfg.task, model="bert", init=weights, dataset=dataset, seed=seed)
-        aside = finetune.model_copy(update={"train": finetune.train.model_copy(update={"seed": seed})})
-        folder, _ = finetune_aside(aside, run, init, raw_dir, tracking, Path(cfg.run_dir) / f"{label}-seed{seed}")
+        folder, _ = finetune_aside(finetune, run, init, raw_dir, tracking, Path(cfg.run_dir) / f"{label}-seed{seed}")
         model = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
         return model, AutoTokenizer.from_pretrained(str(folder))
 

@@ -101,6 +101,13 @@ def finetune_glue(cfg: FinetuneConfig, run: FinetuneRun, init_dir: Path, raw_dir
     return publish(cfg, run, tracking, fitted.run_id, best, tokenizer, metrics, predictions)
 
 
+def seeded(cfg: FinetuneConfig, run: FinetuneRun) -> FinetuneConfig:
+    """cfg with the run's own seed, when it has one: the training, its data order and its new head."""
+    if run.seed is None:
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": run.seed})})
+
+
 def finetune_aside(cfg: FinetuneConfig, run: FinetuneRun, init_dir: Path, raw_dir: Path, tracking: TrackingConfig,
                    run_dir: Path) -> tuple[Path, dict]:
     """A GLUE fine-tuning whose every output stays in run_dir, not in models/ and reports/: for the
@@ -108,9 +115,9 @@ def finetune_aside(cfg: FinetuneConfig, run: FinetuneRun, init_dir: Path, raw_di
     starts from `init_dir`'s weights, scratch from its config. Returns (model folder, metrics)."""
     import json
 
-    aside = cfg.model_copy(update={"models_dir": str(Path(run_dir) / "models"),
-                                   "reports_dir": str(Path(run_dir) / "metrics"),
-                                   "predictions_dir": str(Path(run_dir) / "predictions")})
+    aside = seeded(cfg, run).model_copy(update={"models_dir": str(Path(run_dir) / "models"),
+                                                "reports_dir": str(Path(run_dir) / "metrics"),
+                                                "predictions_dir": str(Path(run_dir) / "predictions")})
     folder = finetune_glue(aside, run, init_dir, raw_dir, tracking, run_dir=Path(run_dir))
     return folder, json.loads((Path(aside.reports_dir) / f"{run.name}.json").read_text())
 

@@ -50,24 +50,17 @@ def build_bert_examples(
             tokenized.append([x for x in ids[start : start + len(doc)] if x])
             start += len(doc)
         out = {"input_ids": [], "token_type_ids": []}
-        if objective != "none":
-            out["next_sentence_label"] = []
         if objective == "none":
             for chunk in _packed(tokenized, max_seq_length - 2, short_seq_prob, rng, tokenizer.sep_token_id):
                 out["input_ids"].append([tokenizer.cls_token_id, *chunk, tokenizer.sep_token_id])
                 out["token_type_ids"].append([0] * (len(chunk) + 2))
             return out
+        out["next_sentence_label"] = []
         for d in range(len(tokenized)):
             for a, b, label in _document_pairs(tokenized, d, max_seq_length, objective, short_seq_prob, rng):
-                input_ids = [tokenizer.cls_token_id, *a, tokenizer.sep_token_id]
-                types = [0] * len(input_ids)
-                if b:
-                    input_ids += [*b, tokenizer.sep_token_id]
-                    types += [1] * (len(b) + 1)
-                out["input_ids"].append(input_ids)
-                out["token_type_ids"].append(types)
-                if objective != "none":
-                    out["next_sentence_label"].append(label)
+                out["input_ids"].append([tokenizer.cls_token_id, *a, tokenizer.sep_token_id, *b, tokenizer.sep_token_id])
+                out["token_type_ids"].append([0] * (len(a) + 2) + [1] * (len(b) + 1))
+                out["next_sentence_label"].append(label)
         return out
 
     return corpus.map(
@@ -107,21 +100,18 @@ def _packed(docs: list[list[list[int]]], max_tokens: int, short_seq_prob: float,
 
 
 def _document_pairs(docs, d, max_seq_length, objective, short_seq_prob, rng):
-    """Yield (tokens_a, tokens_b, label) for document d, consuming its sentences in order."""
+    """Yield (tokens_a, tokens_b, label) for document d (objective nsp or sop), consuming its
+    sentences in order."""
     doc = docs[d]
-    pair = objective != "none"
-    max_tokens = max_seq_length - (3 if pair else 2)
+    max_tokens = max_seq_length - 3
     target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
     chunk, length, i = [], 0, 0
     while i < len(doc):
         chunk.append(doc[i])
         length += len(doc[i])
         if i == len(doc) - 1 or length >= target:
-            if not pair:
-                yield [t for s in chunk for t in s][:max_tokens], [], 0
-            else:
-                unused = yield from _emit_pair(docs, d, chunk, target, max_tokens, objective, rng)
-                i -= unused  # sentences not used by a random B go back into the document
+            unused = yield from _emit_pair(docs, d, chunk, target, max_tokens, objective, rng)
+            i -= unused  # sentences not used by a random B go back into the document
             chunk, length = [], 0
             target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
         i += 1
