@@ -174,3 +174,22 @@ def _record(dvc, stage) -> list:
         return []
     except Exception as error:  # noqa: BLE001
         return [error]
+
+
+def test_a_record_parses_the_pipeline_once_however_many_stages_it_records(project, monkeypatch):
+    """DVC's collect_granular parsed dvc.yaml and dvc.lock again per stage: most of a record's time."""
+    from dvc.dvcfile import ProjectFile
+
+    loads = []
+    original = ProjectFile._load
+    monkeypatch.setattr(ProjectFile, "_load", lambda self, *a, **k: loads.append(self.path) or original(self, *a, **k))
+    DvcProject(project).record("a", "b", "c")
+    assert len(loads) == 1 and set(locked(project)) == {"a", "b", "c"}
+
+
+def test_recording_a_stage_dvc_yaml_does_not_have_says_so(project):
+    from lmforge.components.errors import LmforgeError
+
+    with pytest.raises(LmforgeError, match="dvc.yaml has no stage nope to record"):
+        DvcProject(project).record("a", "nope")
+    assert not (project / "dvc.lock").exists()  # nothing half-recorded
