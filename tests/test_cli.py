@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import threading
 
 import pytest
 import yaml
@@ -106,3 +107,29 @@ def test_a_bad_finetune_flag_is_one_usage_error_exit_2(argv, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "invalid" in err and argv[1] in err and "Traceback" not in err
+
+
+def test_the_temporary_prefect_server_boots_beside_the_imports_and_only_without_a_server(monkeypatch):
+    """Without PREFECT_API_URL a flow starts Prefect's own server (~4 s): the CLI boots it on another
+    thread while it imports torch and the rest, and waits for it before the flow; with a server, not at all."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from lmforge.components.cli import server_ready
+
+    started = []
+    monkeypatch.setattr(SubprocessASGIServer, "start", lambda self, timeout=None: started.append(
+        threading.current_thread().name))
+    with temporary_settings(updates={PREFECT_API_URL: ""}):
+        server_ready()
+    assert started == ["prefect-server"]
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        server_ready()
+    assert started == ["prefect-server"]
+
+    def fails(self, timeout=None):
+        raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+
+    monkeypatch.setattr(SubprocessASGIServer, "start", fails)
+    with temporary_settings(updates={PREFECT_API_URL: ""}), pytest.raises(RuntimeError, match="Timed out"):
+        server_ready()
