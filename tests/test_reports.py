@@ -196,3 +196,17 @@ def test_sense_groups_are_the_two_halves():
     sims = np.array([[1.0, 0.9, 0.2], [0.9, 1.0, 0.4], [0.2, 0.4, 1.0]])
     assert sense_means(sims, [0, 1, 1]) == (pytest.approx(0.4), pytest.approx(0.55))
     assert sense_means(sims[:2, :2], [0, 1]) == (None, pytest.approx(0.9))
+
+
+@pytest.mark.parametrize("n, annotated", [(4, 4 * 4), (36, 0)])
+def test_similarity_cells_are_numbered_only_while_the_numbers_are_readable(tmp_path, monkeypatch, n, annotated):
+    """36 sentences gave 3,888 overlapping 9-point numbers that took 7 s to draw: colour alone then."""
+    from lmforge.components.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
+    matrix = np.eye(n)
+    plots.similarity_heatmaps({"pretrained": matrix, "random": matrix}, [f"s{i}" for i in range(n)], "caption",
+                              "title", tmp_path / "h.png")
+    panels = [ax for ax in figures[0].axes if ax.get_title() in ("pretrained", "random")]
+    assert [len(ax.texts) for ax in panels] == [annotated, annotated]
