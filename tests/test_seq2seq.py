@@ -190,8 +190,29 @@ def test_ablation_writes_a_row_per_corruption_and_random_init(tmp_path, tokenize
     out = corruption_ablation(cfg, pretrain_cfg(tmp_path, tokenizers_dir), tmp_path / "raw", OFF)
     rows = json.loads(out.read_text())["rows"]
     assert [r["model"] for r in rows] == ["random-init", "mask", "delete", "infill", "permute", "rotate"]
-    assert all(0 <= r[m] <= 1 for r in rows for m in MEASURES)
+    assert all(0 <= r[m] <= 1 for r in rows for m in MEASURES if m != "input_gain")
+    assert all(-1 <= r["input_gain"] <= 1 for r in rows)
+    assert abs(rows[0]["input_gain"]) <= 0.05  # random weights: as (un)able with the input as without
+    report = json.loads(out.read_text())
+    assert set(report["reads_input"]) == {"mask", "delete", "infill", "permute", "rotate"}
+    assert isinstance(report["verdict"], str) and report["verdict"]
     assert (tmp_path / "abl.png").stat().st_size > 0
+
+
+def test_reading_the_input_is_measured_against_the_input_withheld(tokenizers_dir):
+    """A decoder scores well under teacher forcing as a language model of its own prefix: the gain
+    compares with the encoder given only <s></s>, the labels unchanged."""
+    from lmforge.components.evaluation.seq2seq_ablation import verdict, withheld
+    from lmforge.components.pretraining.seq2seq_data import bart_tokenizer, pad_pairs
+
+    tokenizer = bart_tokenizer(tokenizers_dir / "gpt")
+    batch = pad_pairs([([0, 5, 6, 7, 2], [0, 5, 6, 7, 2]), ([0, 9, 2], [0, 9, 8, 2])], tokenizer.pad_token_id)
+    blind = withheld(batch, tokenizer)
+    assert blind["input_ids"].tolist() == [[tokenizer.bos_token_id, tokenizer.eos_token_id]] * 2
+    assert blind["attention_mask"].tolist() == [[1, 1]] * 2 and blind["labels"] is batch["labels"]
+    assert "no corruption taught" in verdict([{"model": "mask", "input_gain": 0.001}, {"model": "rotate", "input_gain": -0.01}])
+    assert verdict([{"model": "mask", "input_gain": 0.3}, {"model": "infill", "input_gain": 0.4},
+                    {"model": "rotate", "input_gain": 0.0}]).startswith("infill taught the most")
 
 
 def test_ablation_needs_demo_questions_or_a_qa_dataset(tmp_path, tokenizers_dir, corpus):

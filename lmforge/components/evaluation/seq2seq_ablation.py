@@ -5,6 +5,10 @@ same seed (the same initial weights, the same batches of documents), then scored
 
 - restoration: held-out documents corrupted that way with a fixed seed; the decoder's token
   accuracy under teacher forcing, and the share of documents restored exactly by greedy generation;
+- reading the input: that token accuracy minus the same with the encoder's input withheld (only
+  <s></s>). Under teacher forcing a decoder can score well as a plain language model of its own
+  prefix; only this gain says the model restores from what it was given (a short run can learn the
+  language model first: then every corruption shows ~0 here, and the report says so);
 - closed-book QA: fine-tuned briefly on questions about the demo world's "train" people ("Where was
   <person> born?" -> "<city>"), and scored by exact match of greedy answers about its "eval"
   people, whose facts only the corpus states: only pretraining can have taught them.
@@ -29,8 +33,10 @@ from lmforge.components.errors import LmforgeError
 log = logging.getLogger(__name__)
 
 RANDOM_INIT = "random-init"
-MEASURES = {"restore_token_accuracy": "restoration: token accuracy", "restore_exact_match": "restoration: exact match",
-            "qa_exact_match": "closed-book QA: exact match"}
+MEASURES = {"restore_token_accuracy": "restoration: token accuracy",
+            "input_gain": "restoration: gain from reading the input",
+            "restore_exact_match": "restoration: exact match", "qa_exact_match": "closed-book QA: exact match"}
+READS_INPUT = 0.02  # a gain below this: the decoder restores from its own prefix, not from the input
 EVAL_SEED = 10_007  # the held-out corruption: the same for every model, unlike any training batch's
 
 
@@ -68,11 +74,15 @@ def corruption_ablation(cfg: Seq2SeqAblationConfig, pretrain: Seq2SeqPretrainCon
         log.info("seq2seq ablation: %s", row)
         rows.append(row)
 
-    result = {"rows": rows, "measures": MEASURES, "heldout_chunks": len(heldout), "qa_train": len(qa_train),
+    trained = [r for r in rows if r["model"] != RANDOM_INIT]
+    result = {"rows": rows, "measures": MEASURES,
+              "reads_input": {r["model"]: r["input_gain"] >= READS_INPUT for r in trained},
+              "verdict": verdict(trained), "heldout_chunks": len(heldout), "qa_train": len(qa_train),
               "qa_eval": len(qa_eval), "qa_source": cfg.qa_dataset or "demo world",
               "pretrain_steps": cfg.pretrain_steps, "finetune_steps": cfg.finetune_steps, "seed": pretrain.train.seed}
     out = write_json(Path(cfg.out), result)
     plot(rows, Path(cfg.plot))
+    log.info("seq2seq ablation: %s", result["verdict"])
     if tracking.enabled:
         from lmforge.components.tracking import client_run
 
@@ -83,6 +93,17 @@ def corruption_ablation(cfg: Seq2SeqAblationConfig, pretrain: Seq2SeqPretrainCon
             client.log_artifact(run_id, str(out), "reports")
             client.log_artifact(run_id, str(cfg.plot), "plots")
     return out
+
+
+def verdict(rows: list[dict]) -> str:
+    """One line on what the rows can teach: whether any model reads its input, and which does most."""
+    reading = [r for r in rows if r["input_gain"] >= READS_INPUT]
+    if not reading:
+        return (f"no corruption taught the model to read its input at this budget (every gain < {READS_INPUT}): "
+                "the decoder restores from its own prefix alone, so the corruptions cannot be told apart here; "
+                "raise seq2seq_ablation.pretrain_steps")
+    best = max(reading, key=lambda r: r["input_gain"])
+    return f"{best['model']} taught the most reading of the input (gain {best['input_gain']:.3f})"
 
 
 def new_model(pretrain: Seq2SeqPretrainConfig, tokenizer):
@@ -136,17 +157,27 @@ def restoration(model, tokenizer, heldout: list[list[int]], pretrain: Seq2SeqPre
     collate = DenoisingCollator(tokenizer, pretrain.corruption, EVAL_SEED, pretrain.max_seq_length, kind=kind)
     module = Seq2SeqPretrainModule(model, pretrain.train)
     special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    right = tokens = exact = 0
+    right = tokens = exact = blind = 0
     for b, first in enumerate(range(0, len(heldout), batch_size)):
         originals = heldout[first:first + batch_size]
         batch = collate([{"input_ids": ids, "batch_no": b} for ids in originals])
         with torch.inference_mode():
             totals = module.totals(batch)
+            blind += int(module.totals(withheld(batch, tokenizer))["accuracy"][0])
             written = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                      max_new_tokens=batch["labels"].shape[1] + 1, do_sample=False, num_beams=1)
         right, tokens = right + int(totals["accuracy"][0]), tokens + int(totals["accuracy"][1])
         exact += sum([t for t in row.tolist() if t not in special] == ids for row, ids in zip(written, originals))
-    return {"restore_token_accuracy": right / max(tokens, 1), "restore_exact_match": exact / len(heldout)}
+    accuracy = right / max(tokens, 1)
+    return {"restore_token_accuracy": accuracy, "input_gain": accuracy - blind / max(tokens, 1),
+            "restore_exact_match": exact / len(heldout)}
+
+
+def withheld(batch: dict, tokenizer) -> dict:
+    """The batch with the encoder given nothing (<s></s>), the decoder's labels unchanged."""
+    rows = batch["input_ids"].shape[0]
+    empty = torch.tensor([[tokenizer.bos_token_id, tokenizer.eos_token_id]]).expand(rows, 2)
+    return {**batch, "input_ids": empty, "attention_mask": torch.ones_like(empty)}
 
 
 # ---------------------------------------------------------------------------------- closed-book QA
@@ -230,7 +261,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     from lmforge.components.evaluation.plots import _pyplot, save_figure
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.8), sharey=True)
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.8))
     names = [r["model"] for r in rows]
     colors = ["#999999" if n == RANDOM_INIT else f"C{CORRUPTIONS.index(n)}" for n in names]
     for ax, (measure, title) in zip(axes, MEASURES.items()):
@@ -238,7 +269,7 @@ def plot(rows: list[dict], path: Path) -> Path:
         ax.bar(names, values, color=colors)
         for x, v in enumerate(values):
             ax.text(x, v + 0.02, f"{v:.2f}", ha="center", fontsize=8)
-        ax.set(title=title, ylim=(0, 1.05))
+        ax.set(title=title, ylim=(min(0.0, *values) - 0.05, 1.05))  # a gain can be below zero
         ax.tick_params(axis="x", rotation=45)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Seq2seq pretraining: each corruption alone, same seed and steps")
