@@ -248,11 +248,11 @@ class BertPretrainConfig(CorpusInput):
     short_seq_prob: float = Field(0.1, ge=0, le=1, description="share of examples cut shorter, as BERT does")
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    snapshot_steps: list[int] = Field(default_factory=lambda: [0, 50, 150, 300, 500], description="steps at which the model is also exported "
+    snapshot_steps: list[int] = Field(default_factory=lambda: [0, 50, 150, 250, 400], description="steps at which the model is also exported "
                                       "to snapshots_dir/step-<N> (0: before training): the when-BERT-learns report")
     snapshots_dir: str = "models/bert-snapshots"
     # Masked LM learns from 15% of the tokens: it needs more steps than GPT to learn the facts.
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=500, learning_rate=2e-3,
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=400, learning_rate=2e-3,
                                                                    adam_betas=(0.9, 0.98), adam_epsilon=1e-6))
 
     @model_validator(mode="after")
