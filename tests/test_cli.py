@@ -113,23 +113,39 @@ def test_the_temporary_prefect_server_boots_beside_the_imports_and_only_without_
     """Without PREFECT_API_URL a flow starts Prefect's own server (~4 s): the CLI boots it on another
     thread while it imports torch and the rest, and waits for it before the flow; with a server, not at all."""
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 
     from lmforge.components.cli import server_ready
 
     started = []
     monkeypatch.setattr(SubprocessASGIServer, "start", lambda self, timeout=None: started.append(
         threading.current_thread().name))
-    with temporary_settings(updates={PREFECT_API_URL: ""}):
+    own = {PREFECT_API_URL: "", PREFECT_SERVER_EPHEMERAL_ENABLED: True}
+    with temporary_settings(updates=own):
         server_ready()
     assert started == ["prefect-server"]
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+    with temporary_settings(updates={**own, PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
         server_ready()
+    with temporary_settings(updates={**own, PREFECT_SERVER_EPHEMERAL_ENABLED: False}):
+        server_ready()  # Prefect would not start one either: the flow fails with Prefect's own message
     assert started == ["prefect-server"]
 
     def fails(self, timeout=None):
         raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
 
     monkeypatch.setattr(SubprocessASGIServer, "start", fails)
-    with temporary_settings(updates={PREFECT_API_URL: ""}), pytest.raises(RuntimeError, match="Timed out"):
+    with temporary_settings(updates=own), pytest.raises(RuntimeError, match="Timed out"):
         server_ready()
+
+
+def test_a_flow_the_cli_runs_finds_its_server_booted_first(monkeypatch):
+    from lmforge.components import cli
+    from lmforge.flows import pipeline
+
+    calls = []
+    monkeypatch.setattr(cli, "server_ready", lambda: calls.append("server"))
+    monkeypatch.setattr(cli, "up_to_date", lambda: False)
+    monkeypatch.setitem(pipeline.FLOWS, "pipeline", lambda **kwargs: calls.append("flow") or {"stages": []})
+    monkeypatch.setattr(cli, "summary", lambda result, params: "")
+    assert main(["pipeline", "-p", str(REPO / "params.yaml")]) == 0
+    assert calls == ["server", "flow"]

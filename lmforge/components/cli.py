@@ -177,20 +177,22 @@ def server_ready() -> None:
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():  # as Prefect's get_client decides
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
     failed: list[BaseException] = []
 
     def boot() -> None:
         try:
+            from prefect.server.api.server import SubprocessASGIServer
+
             SubprocessASGIServer().start()
         except BaseException as error:  # noqa: BLE001 - raised below, in the CLI's thread
             failed.append(error)
 
     thread = threading.Thread(target=boot, name="prefect-server", daemon=True)
     thread.start()
-    import datasets, lightning, torch, transformers  # noqa: F401, E401 - what every training stage imports
-    thread.join()
+    try:
+        import datasets, lightning, torch, transformers  # noqa: F401, E401 - what every training stage imports
+    finally:  # even on Ctrl-C: the server is up and registered to stop at exit, not left behind
+        thread.join()
     if failed:
         raise failed[0]
 

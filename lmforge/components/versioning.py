@@ -107,7 +107,9 @@ class DvcProject:
     def record(self, *stages: str) -> None:
         """`dvc commit -f <stage>...`: outputs into the cache, hashes into dvc.lock, which is rewritten
         once for all of them. By hand from DVC's own steps because its `commit` takes one target and
-        rewrites the whole dvc.lock each time (2-2.5 s for the demo's 130 KB lock, measured)."""
+        rewrites the whole dvc.lock each time (2-2.5 s for the demo's 130 KB lock, measured).
+        `stages` are names of the root dvc.yaml's stages (`name`, `name@key`), as the flows run them;
+        not output paths or group names, which `dvc commit` also takes."""
         if not self.enabled or not stages:
             return
 

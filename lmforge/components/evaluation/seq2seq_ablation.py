@@ -257,7 +257,8 @@ def qa_exact_match(model, tokenizer, pairs: list[tuple[str, str]], max_new_token
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """One bar panel per measure, every model on the same 0-1 scale."""
+    """One bar panel per measure: accuracies on a 0-1 scale; the gain from reading the input on its
+    own scale (it can be below zero), with the READS_INPUT line a model must clear."""
     from lmforge.components.evaluation.plots import _pyplot, save_figure
 
     plt = _pyplot()
@@ -266,12 +267,17 @@ def plot(rows: list[dict], path: Path) -> Path:
     colors = ["#999999" if n == RANDOM_INIT else f"C{CORRUPTIONS.index(n)}" for n in names]
     for ax, (measure, title) in zip(axes, MEASURES.items()):
         values = [r[measure] for r in rows]
+        gain = measure == "input_gain"
+        low, high = (min(0.0, *values) - 0.02, max(0.1, *values) + 0.02) if gain else (0.0, 1.05)
         ax.bar(names, values, color=colors)
         for x, v in enumerate(values):
-            ax.text(x, v + 0.02, f"{v:.2f}", ha="center", fontsize=8)
-        ax.set(title=title, ylim=(min(0.0, *values) - 0.05, 1.05))  # a gain can be below zero
+            ax.text(x, v + (high - low) * 0.02, f"{v:.3f}" if gain else f"{v:.2f}", ha="center", fontsize=8)
+        if gain:
+            ax.axhline(READS_INPUT, color="black", linestyle="--", linewidth=0.8, label="reads its input above")
+            ax.legend(fontsize=7, loc="upper right")
+        ax.set(title=title, ylim=(low, high))
         ax.tick_params(axis="x", rotation=45)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Seq2seq pretraining: each corruption alone, same seed and steps")
+    fig.suptitle("Seq2seq pretraining: each corruption alone, same seed and steps", y=1.03)
     return save_figure(fig, path)
 
