@@ -172,6 +172,7 @@ def test_pretraining_exports_a_seq2seq_model_that_loads_and_generates(tmp_path, 
     assert written.shape[0] == 1 and written[0, 1] == tokenizer.bos_token_id  # </s> starts, <s> is forced next
     metrics = json.loads((tmp_path / "s2s.json").read_text())
     assert metrics["steps"] == 6 and 0 <= metrics["val_accuracy"] <= 1 and (tmp_path / "s2s.png").exists()
+    assert -1 <= metrics["val_input_gain"] <= 1 and 0 <= metrics["val_restore_token_accuracy"] <= 1
     # The GPT tokenizer on disk is left as it was: the model has its own copy.
     assert (tokenizers_dir / "gpt" / "tokenizer_config.json").read_text() == gpt_config
     scored = restored_word_accuracy(out, CORPUS[:5], 64)

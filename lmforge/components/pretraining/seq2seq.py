@@ -41,9 +41,24 @@ def pretrain_seq2seq(cfg: Seq2SeqPretrainConfig, corpus_dir: Path, tracking: Tra
     # Rebuilt from its config, the model lost the generation settings (forced <s> first) build_bart gave it.
     trained.generation_config = copy.deepcopy(unwrap(module.model).generation_config)
     out = export(trained, tokenizer, Path(cfg.out_dir))
-    metrics = {**run_metrics(result, train, val, len(tokenizer), set()), "train_chunks": len(train)}
+    metrics = {**run_metrics(result, train, val, len(tokenizer), set()), "train_chunks": len(train),
+               **reading(trained, tokenizer, val, cfg)}
     finish(metrics, result, Path(cfg.metrics), Path(cfg.plot), tracking, "Seq2seq denoising pretraining")
+    if result.run_id is not None:
+        import mlflow
+
+        mlflow.MlflowClient(tracking_uri=tracking.uri).log_metric(result.run_id, "val_input_gain", metrics["val_input_gain"])
     return out
+
+
+def reading(model, tokenizer, val: Dataset, cfg: Seq2SeqPretrainConfig, documents: int = 32) -> dict:
+    """{val_input_gain, val_restore_token_accuracy}: does the model restore from its input, or only as
+    a language model of its own prefix (gain ~0)? The ablation's measure, on held-out chunks under
+    the corruption mix."""
+    from lmforge.components.evaluation.seq2seq_ablation import restoration  # the one definition
+
+    scored = restoration(model.eval(), tokenizer, list(val["input_ids"][:documents]), cfg, None)
+    return {"val_input_gain": scored["input_gain"], "val_restore_token_accuracy": scored["restore_token_accuracy"]}
 
 
 def seq2seq_examples(cfg: Seq2SeqPretrainConfig, corpus_dir: Path, tokenizer) -> tuple[Dataset, Dataset]:
