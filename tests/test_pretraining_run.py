@@ -68,6 +68,12 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tokenizers_dir, co
     pretrain.pretrain_bert(killed, corpus, OFF)
     straight, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "killed"))
     assert resumed["steps"] == straight["steps"] == 12
+    assert straight["tokens_per_s"] > 0 and resumed["tokens_per_s"] > 0 and resumed["mfu"] > 0
+    # Run again after it finished (as a code change reruns the stage): nothing left to train, and the
+    # speed reported is still the run's, not the 0 of a process that trained no step.
+    pretrain.pretrain_bert(killed, corpus, OFF)
+    again = json.loads((tmp_path / "killed.json").read_text())
+    assert again["steps"] == 12 and again["tokens_per_s"] == pytest.approx(resumed["tokens_per_s"])
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model.safetensors")
     assert a.keys() == b.keys()

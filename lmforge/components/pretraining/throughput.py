@@ -56,6 +56,14 @@ class ThroughputLogger(L.Callback):
             pl_module.log("train/mfu", rate * self.flops_per_token / self.peak_flops)
             self.tokens, self.start = 0, None
 
+    # In the checkpoint, so a resumed run reports the speed of all its steps: a run resumed at its
+    # last step (the stage rerun after a code change: nothing left to train) reported 0 tokens/s.
+    def state_dict(self) -> dict:
+        return {"rates": list(self.rates)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rates = list(state_dict.get("rates", []))
+
     @property
     def mean_tokens_per_s(self) -> float:
         # The first window includes warm-up (allocations, compilation): leave it out when we can.
