@@ -149,3 +149,13 @@ def test_a_flow_the_cli_runs_finds_its_server_booted_first(monkeypatch):
     monkeypatch.setattr(cli, "summary", lambda result, params: "")
     assert main(["pipeline", "-p", str(REPO / "params.yaml")]) == 0
     assert calls == ["server", "flow"]
+
+
+def test_a_registration_that_found_its_weights_already_registered_says_so():
+    from lmforge.flows.tasks import headline, registration_words
+
+    assert registration_words({"version": 2, "promoted": True}) == "v2 champion now"
+    assert registration_words({"version": 3, "promoted": False}) == "v3 not promoted"
+    # The same weights again (a rerun): not "not promoted", which read as if the champion had lost.
+    assert registration_words({"version": 1, "promoted": False, "skipped": True}) == "v1 already registered"
+    assert headline([]) == ""

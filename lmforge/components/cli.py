@@ -155,7 +155,9 @@ def summary(result: dict, params: Params) -> str:
                 lines.append(f"  {r['model']:<5} {r['task']:<10} {r['main_metric']:<22} {sides:<15} {r['verdict'] or ''}")
     if result["registered"]:
         lines += ["", "registered:"]
-        lines += [f"  {r['model']} v{r['version']}: {'champion now' if r['promoted'] else 'not promoted'} "
+        from lmforge.flows.tasks import registration_words
+
+        lines += [f"  {r['model']} {registration_words(r).replace(' ', ': ', 1)} "
                   f"({r['metric']} {r['value']:.4f}; {r['reason']})" for r in result["registered"]]
     stages = result["stages"]
     count = {status: sum(s["status"] == status for s in stages) for status in ("ran", "skipped")}
