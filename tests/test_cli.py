@@ -154,8 +154,8 @@ def test_a_flow_the_cli_runs_finds_its_server_booted_first(monkeypatch):
 def test_a_registration_that_found_its_weights_already_registered_says_so():
     from lmforge.flows.tasks import headline, registration_words
 
-    assert registration_words({"version": 2, "promoted": True}) == "v2 champion now"
-    assert registration_words({"version": 3, "promoted": False}) == "v3 not promoted"
+    assert registration_words({"version": 2, "promoted": True}) == "champion now"
+    assert registration_words({"version": 3, "promoted": False}) == "not promoted"
     # The same weights again (a rerun): not "not promoted", which read as if the champion had lost.
-    assert registration_words({"version": 1, "promoted": False, "skipped": True}) == "v1 already registered"
+    assert registration_words({"version": 1, "promoted": False, "skipped": True}) == "already registered"
     assert headline([]) == ""

@@ -157,7 +157,7 @@ def summary(result: dict, params: Params) -> str:
         lines += ["", "registered:"]
         from lmforge.flows.tasks import registration_words
 
-        lines += [f"  {r['model']} {registration_words(r).replace(' ', ': ', 1)} "
+        lines += [f"  {r['model']} v{r['version']}: {registration_words(r)} "
                   f"({r['metric']} {r['value']:.4f}; {r['reason']})" for r in result["registered"]]
     stages = result["stages"]
     count = {status: sum(s["status"] == status for s in stages) for status in ("ran", "skipped")}

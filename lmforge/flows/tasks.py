@@ -162,8 +162,8 @@ def registration_words(receipt: dict) -> str:
     """What the gate did, in a few words: a version already holding these weights is said so, not
     'not promoted' (it may well be the champion)."""
     if receipt.get("skipped"):
-        return f"v{receipt['version']} already registered"
-    return f"v{receipt['version']} " + ("champion now" if receipt["promoted"] else "not promoted")
+        return "already registered"
+    return "champion now" if receipt["promoted"] else "not promoted"
 
 
 def headline(paths: list[str | Path]) -> str:
@@ -176,7 +176,7 @@ def headline(paths: list[str | Path]) -> str:
         if not isinstance(data, dict):
             continue
         if data.get("registered") and "promoted" in data:  # a register stage's receipt: what the gate decided
-            words.append(registration_words(data))
+            words.append(f"v{data['version']} {registration_words(data)}")
         key = next((k for k in HEADLINE_KEYS if isinstance(data.get(k), (int, float))), None)
         if key:
             words.append(f"{key} {data[key]:.4g}")

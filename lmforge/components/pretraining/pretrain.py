@@ -187,8 +187,9 @@ def finish(metrics: dict, result, metrics_path: Path, plot_path: Path, tracking:
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=tracking.uri)
-        for key in ("unigram_perplexity", "tokens_per_s", "mfu"):
-            client.log_metric(result.run_id, key, metrics[key])
+        for key in ("unigram_perplexity", "tokens_per_s", "mfu", "val_input_gain"):  # the last: seq2seq only
+            if key in metrics:
+                client.log_metric(result.run_id, key, metrics[key])
         if "fact_probe" in metrics:
             client.log_metric(result.run_id, "fact_probe_accuracy", metrics["fact_probe"]["accuracy"])
         client.log_artifact(result.run_id, str(plot_path), "plots")

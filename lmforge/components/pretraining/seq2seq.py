@@ -44,10 +44,6 @@ def pretrain_seq2seq(cfg: Seq2SeqPretrainConfig, corpus_dir: Path, tracking: Tra
     metrics = {**run_metrics(result, train, val, len(tokenizer), set()), "train_chunks": len(train),
                **reading(trained, tokenizer, val, cfg)}
     finish(metrics, result, Path(cfg.metrics), Path(cfg.plot), tracking, "Seq2seq denoising pretraining")
-    if result.run_id is not None:
-        import mlflow
-
-        mlflow.MlflowClient(tracking_uri=tracking.uri).log_metric(result.run_id, "val_input_gain", metrics["val_input_gain"])
     return out
 
 
