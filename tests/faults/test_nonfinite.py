@@ -121,10 +121,10 @@ def mlflow_history(params: Params, run_id: str, key: str) -> list[tuple[int, flo
 def test_finetuning_loss_inf_stops_at_the_step_and_exports_nothing(project, tokenizers_dir, monkeypatch):
     """Fine-tuning loss becomes inf at step 2: stops naming the task and step 2; no model, metrics or predictions; no registration"""
     from lmforge.components import stages
-    from lmforge.components.finetuning.training import FinetuneModule
+    from lmforge.components.finetuning.classification import ClassificationModule
     from lmforge.components.registry.register import candidate
 
-    original = FinetuneModule.forward
+    original = ClassificationModule.forward  # GLUE's module: its own forward (BERT's [CLS]-only last layer)
 
     def overflow_at_step_2(self, batch):
         output = original(self, batch)
@@ -132,7 +132,7 @@ def test_finetuning_loss_inf_stops_at_the_step_and_exports_nothing(project, toke
             output.loss = output.loss * float("inf")
         return output
 
-    monkeypatch.setattr(FinetuneModule, "forward", overflow_at_step_2)
+    monkeypatch.setattr(ClassificationModule, "forward", overflow_at_step_2)
     params = make_params(project, tokenizers_dir)
     with pytest.raises(LmforgeError, match=r"^finetune sst2: training loss became inf at step 2; nothing was exported"):
         stages.finetune(params)

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from datasets import Dataset
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers import BertForSequenceClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from lmforge.components.config import TrainConfig
 from lmforge.components.data.schemas import GLUE_TASKS
 from lmforge.components.errors import LmforgeError
 from lmforge.components.finetuning.metrics import glue_metrics
 from lmforge.components.finetuning.training import PAD_MULTIPLE, FinetuneModule, padded_loader, with_lengths
+from lmforge.components.training import bert_top
 
 
 def encode_glue(data: Dataset, task: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
@@ -57,6 +60,18 @@ class ClassificationModule(FinetuneModule):
         super().__init__(model, task, train, total_steps)
         self.regression = GLUE_TASKS[task].is_regression
         self.aux_lm_weight = aux_lm_weight
+
+    def forward(self, batch: dict):
+        bert = getattr(self.model, "bert", None)
+        if not isinstance(self.model, BertForSequenceClassification) or not bert_top.supports(bert):
+            return self.model(**batch)
+        # BERT's head reads [CLS] alone: its last layer runs there only (`bert_top`), the same logits.
+        labels = batch["labels"]
+        logits = bert_top.classification_logits(self.model, batch["input_ids"], batch.get("attention_mask"),
+                                                batch.get("token_type_ids"))
+        loss = (F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype)) if self.regression
+                else F.cross_entropy(logits, labels))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if not self.aux_lm_weight:

@@ -90,8 +90,10 @@ def padded_loader(data: Dataset, collator, batch_size: int, shuffle: bool, seed:
     are batched together (the `length` column), so a batch of short rows costs a short batch.
     Without shuffling the order is the dataset's, which post-processing relies on."""
     columns = [c for c in data.column_names if c != "length"]
+    # A list: `data["length"]` is a lazy Column, and the sampler's lookups one by one cost 0.4 s an
+    # epoch of 5,000 rows (measured), 10 % of a tiny model's epoch.
     sampler = (
-        LengthGroupedSampler(batch_size, lengths=data["length"], generator=torch.Generator().manual_seed(seed))
+        LengthGroupedSampler(batch_size, lengths=data["length"][:], generator=torch.Generator().manual_seed(seed))
         if shuffle else None
     )
     return DataLoader(data.select_columns(columns), batch_size=batch_size, sampler=sampler, collate_fn=collator,

@@ -77,14 +77,21 @@ def build_bart(cfg: ModelConfig, tokenizer) -> BartForConditionalGeneration:
     return model
 
 
-def count_flops_per_token(model, seq_len: int, head_fraction: float = 1.0) -> float:
-    """Training FLOPs per token: 6 per non-embedding weight (forward 2, backward 4, Kaplan et al.),
+def count_flops_per_token(model, seq_len: int, head_fraction: float = 1.0, top_fraction: float = 1.0) -> float:
+    """Useful training FLOPs per token: 6 per non-embedding weight (forward 2, backward 4, Kaplan et al.),
     the attention scores' 12 * layers * seq * hidden (PaLM, appendix B), and the output projection
-    onto the vocabulary, which BERT's sparse MLM head runs on `head_fraction` of the tokens."""
+    onto the vocabulary, which BERT's sparse MLM head runs on `head_fraction` of the tokens. With
+    `top_fraction`, BERT's last layer counts its keys and values for every token and the rest (queries,
+    attention output, feed-forward) for that fraction only: what a loss read there needs (`bert_top`)."""
     config = model.config
     layers = getattr(config, "num_hidden_layers", None) or config.n_layer
     hidden = getattr(config, "hidden_size", None) or config.n_embd
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     body = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in embeddings)
+    skipped = 0.0
+    if top_fraction < 1.0:
+        last = model.bert.encoder.layer[-1]
+        every_token = {id(p) for m in (last.attention.self.key, last.attention.self.value) for p in m.parameters()}
+        skipped = (1 - top_fraction) * sum(p.numel() for p in last.parameters() if id(p) not in every_token)
     output_projection = 6 * config.vocab_size * hidden * head_fraction
-    return 6 * body + 12 * layers * seq_len * hidden + output_projection
+    return 6 * (body - skipped) + 12 * (layers - 1 + top_fraction) * seq_len * hidden + output_projection

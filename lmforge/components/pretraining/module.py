@@ -3,7 +3,8 @@
 The models are plain `transformers` classes; the modules only compute losses and metrics. BERT's
 MLM head runs on the masked positions alone (as the original BERT code gathers
 `masked_lm_positions`): with 15% masking that skips most of the vocabulary projection, the largest
-matmul of a small model.
+matmul of a small model. For the same reason the encoder's last layer runs its queries and
+feed-forward on those positions alone (`training.bert_top`).
 
 Losses and accuracies come as sums with their counts, so validation adds them up over every batch
 of every rank before dividing: a run on several processes reports the very numbers one process
@@ -18,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from lmforge.components.training import bert_top
 from lmforge.components.training.module import TrainingModule
 
 Totals = dict[str, tuple[torch.Tensor, torch.Tensor]]  # metric -> (sum, count)
@@ -107,19 +109,35 @@ class BertPretrainModule(PretrainModule):
     def totals(self, batch: dict) -> Totals:
         labels = batch["labels"]
         pair_labels = batch.get("next_sentence_label")
-        out = self.model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              token_type_ids=batch.get("token_type_ids"))
         chosen = labels != -100
-        logits, targets = self.model.cls.predictions(out[0][chosen]), labels[chosen]
+        masked, first = self.encode(batch, chosen, pair_labels is not None)
+        logits, targets = self.model.cls.predictions(masked), labels[chosen]
         totals = {"mlm_loss": summed(logits, targets), "mlm_accuracy": correct(logits, targets)}
         loss = ratio(totals["mlm_loss"])
         if pair_labels is not None:
-            pair_logits = self.model.cls.seq_relationship(out[1])
+            pair_logits = self.model.cls.seq_relationship(self.model.bert.pooler(first[:, None]))
             totals |= {"pair_loss": summed(pair_logits, pair_labels), "pair_accuracy": correct(pair_logits, pair_labels)}
             loss = loss + ratio(totals["pair_loss"])
         # The total loss is a sum of two means: counted once per batch, its mean over batches is what training sees.
         totals["loss"] = (loss, torch.ones((), device=loss.device))
         return totals
+
+
+    def encode(self, batch: dict, chosen: torch.Tensor, with_first: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last hidden states at the masked positions, and at each row's first ([CLS]) when the
+        pair head needs them. Its last layer runs on those positions alone (`bert_top`), unless
+        compiled: torch.compile wraps the whole encoder."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "token_type_ids": batch.get("token_type_ids")}
+        if not bert_top.supports(self.model.bert):
+            states = self.model.bert(**inputs)[0]
+            return states[chosen], states[:, 0] if with_first else None
+        keep = chosen | bert_top.first_positions(chosen) if with_first else chosen
+        states = bert_top.states_at(self.model.bert, keep, **inputs)
+        if not with_first:
+            return states, None
+        first = keep.nonzero()[:, 1] == 0  # the kept states, row-major: each row's [CLS] leads its row
+        return states[chosen[keep]], states[first]
 
 
 class GptPretrainModule(PretrainModule):

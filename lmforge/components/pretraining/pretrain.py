@@ -40,7 +40,8 @@ def pretrain_bert(cfg: BertPretrainConfig, corpus_dir: Path, tracking: TrackingC
     model = build_bert(cfg.model, len(tokenizer), tokenizer.pad_token_id, cfg.objective)
     module = BertPretrainModule(model, cfg.train)
     data = bert_data(cfg, tokenizer, train, val)
-    flops = count_flops_per_token(model, cfg.max_seq_length, head_fraction=cfg.masking.mlm_probability)
+    masked = cfg.masking.mlm_probability  # what the MLM loss reads: the head and the last layer run there
+    flops = count_flops_per_token(model, cfg.max_seq_length, head_fraction=masked, top_fraction=masked)
     # Always there (DVC records the folder as an output), empty without snapshot_steps.
     snapshots = Snapshots(cfg.snapshot_steps, Path(cfg.snapshots_dir), tokenizer)
     result = fit(module, data, cfg.train, Path(cfg.run_dir), "pretrain-bert", tracking,
