@@ -105,3 +105,76 @@ def test_useful_flops_count_the_last_layer_where_the_loss_reads():
     h, i = 32, 64
     rest = (h * h + h) + (h * h + h + 2 * h) + (h * i + i) + (i * h + h + 2 * h)
     assert full - sparse == pytest.approx(0.85 * (6 * rest + 12 * 64 * h))
+
+
+def test_regression_loss_keeps_the_gold_scores_in_fp32_under_bf16_autocast():
+    # bf16 logits once pulled the labels down to bf16 with them: 4.2 -> 4.1875, a different loss and gradient.
+    torch.manual_seed(0)
+    model = BertForSequenceClassification._from_config(BertConfig(**CONFIG, num_labels=1), attn_implementation="sdpa")
+    module = ClassificationModule(model, "stsb", TrainConfig()).eval()
+    ids, mask, types = batch(rows=4)
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
+              "labels": torch.tensor([4.2, 3.8, 1.1, 2.6])}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, theirs = module(inputs), model(**inputs)
+    assert ours.loss.dtype == torch.float32
+    torch.testing.assert_close(ours.loss, theirs.loss.float(), atol=1e-6, rtol=1e-6)
+    assert module({k: v for k, v in inputs.items() if k != "labels"}).loss is None
+
+
+def _fsdp_rank(rank: int, port: int, results) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        module = BertPretrainModule(BertForMaskedLM._from_config(BertConfig(**CONFIG), attn_implementation="sdpa"),
+                                    TrainConfig()).eval()
+        ids, mask, types = batch()
+        labels = torch.full_like(ids, -100)
+        labels[:, 3] = ids[:, 3]
+        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels}
+        expected = module.totals(inputs)["mlm_loss"][0]
+
+        class Step(torch.nn.Module):  # as Lightning wraps the module: the step runs inside the root's forward
+            def __init__(self):
+                super().__init__()
+                self.module = module
+
+            def forward(self, inputs):
+                return self.module.totals(inputs)["mlm_loss"][0]
+
+        # As the pretraining trainer shards it: each BertLayer its own FSDP unit.
+        sharded = FullyShardedDataParallel(Step(), auto_wrap_policy=ModuleWrapPolicy({BertLayer}),
+                                           use_orig_params=True, device_id=torch.device("cpu"))
+        got = sharded(inputs)
+        got.backward()
+        results[rank] = (float(expected), float(got))
+    except Exception as error:  # reported to the test, not lost in the child
+        results[rank] = repr(error)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_sharded_layers_take_the_full_forward_and_train():
+    # states_at calls the last layer's submodules directly, around FSDP's gathering of their shards: on
+    # 2 ranks that crashed ("mat2 must be a matrix"). A wrapped last layer now takes the full forward.
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_fsdp_rank, args=(port, results), nprocs=2)
+    for rank in (0, 1):
+        assert not isinstance(results[rank], str), results[rank]
+        expected, got = results[rank]
+        assert got == pytest.approx(expected, rel=1e-5)

@@ -66,11 +66,12 @@ class ClassificationModule(FinetuneModule):
         if not isinstance(self.model, BertForSequenceClassification) or not bert_top.supports(bert):
             return self.model(**batch)
         # BERT's head reads [CLS] alone: its last layer runs there only (`bert_top`), the same logits.
-        labels = batch["labels"]
+        labels = batch.get("labels")
         logits = bert_top.classification_logits(self.model, batch["input_ids"], batch.get("attention_mask"),
                                                 batch.get("token_type_ids"))
-        loss = (F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype)) if self.regression
-                else F.cross_entropy(logits, labels))
+        # In fp32, as HF's loss under autocast: bf16 would round the gold scores (4.2 -> 4.1875).
+        loss = (None if labels is None else F.mse_loss(logits.squeeze(-1).float(), labels.float()) if self.regression
+                else F.cross_entropy(logits.float(), labels))
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -15,13 +15,18 @@ import torch
 import torch.nn.functional as F
 from transformers import BertForSequenceClassification, BertModel
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.bert.modeling_bert import BertLayer
 
 
 def supports(bert) -> bool:
-    """A plain bidirectional BertModel (no decoder, no cross-attention, no chunked feed-forward)."""
-    config = getattr(bert, "config", None)
-    return (isinstance(bert, BertModel) and not config.is_decoder and not config.add_cross_attention
-            and not config.chunk_size_feed_forward)
+    """A plain bidirectional BertModel (no decoder, no cross-attention, no chunked feed-forward) whose
+    last layer is a plain BertLayer: FSDP wraps each layer (FSDP2 by changing its class), and only the
+    layer's own forward gathers its sharded weights, which `states_at` goes around."""
+    if not isinstance(bert, BertModel):
+        return False
+    config = bert.config
+    return (not config.is_decoder and not config.add_cross_attention and not config.chunk_size_feed_forward
+            and type(bert.encoder.layer[-1]) is BertLayer)
 
 
 def states_at(bert: BertModel, keep: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
