@@ -52,7 +52,8 @@ def states_at(bert: BertModel, keep: torch.Tensor, input_ids: torch.Tensor, atte
     def split(x: torch.Tensor) -> torch.Tensor:
         return x.view(x.size(0), x.size(1), heads, size).transpose(1, 2)
 
-    padding = None if attention_mask is None or bool(attention_mask.all()) else attention_mask[:, None, None, :].bool()
+    # The body's mask, one query row of it: every query of a row sees the same keys (None: no padding).
+    padding = None if mask is None else mask[:, :, :1]
     context = F.scaled_dot_product_attention(
         split(attention.query(rows)), split(attention.key(hidden)), split(attention.value(hidden)), attn_mask=padding,
         dropout_p=attention.dropout.p if attention.training else 0.0, scale=attention.scaling)
