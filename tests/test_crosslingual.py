@@ -9,11 +9,13 @@ from datasets import Dataset, DatasetDict
 
 from lmforge.components.config import BertTokenizerConfig, CrosslingualConfig, DemoConfig, FinetuneConfig, ModelConfig, TrackingConfig
 from lmforge.components.data.demo import build_demo
+from lmforge.components.data.world import CHINESE
 from lmforge.components.errors import LmforgeError
 from lmforge.components.evaluation.crosslingual import crosslingual_report, retrieval, script, split_languages
 from lmforge.components.pretraining.models import build_bert
 from lmforge.components.tokenizer import train_bert_tokenizer
 
+PAIRS = list(CHINESE.items())
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 OFF = TrackingConfig(enabled=False)
 
@@ -78,10 +80,13 @@ def test_four_rows_and_the_language_vector(workspace, monkeypatch):
     lv = result["language_vector"]
     assert lv["scripts"] == ["LATIN", "CJK"] and lv["pairs"] == 45
     for weights in ("pretrained", "random"):
-        for side in ("with_vector", "without_vector"):
-            assert 0 <= lv[weights][side]["top1"] <= lv[weights][side]["top5"] <= 1
-    assert lv["pretrained"]["examples"][0] == {"word": "chemist", "translation": "化学家",
-                                               "nearest": lv["pretrained"]["examples"][0]["nearest"]}
+        for found in (lv[weights], lv[weights]["target_words_only"]):
+            for side in ("with_vector", "without_vector"):
+                assert 0 <= found[side]["top1"] <= found[side]["top5"] <= 1
+        assert lv[weights]["with_vector"]["chance_top1"] == pytest.approx(1 / 89)  # 45 + 45 words, less itself
+    first = lv["pretrained"]["examples"][0]
+    assert first["word"] == "chemist" and first["translation"] == "化学家"
+    assert first["nearest"] != "chemist" and first["nearest"] in {w for pair in PAIRS for w in pair}
     assert (workspace / "reports" / "xl.png").stat().st_size > 5000
     assert not (workspace / "models" / "bert-rte").exists()  # its fine-tuned models stay in its run folder
 
@@ -124,6 +129,23 @@ def test_zero_shot_beats_the_baselines_only_if_its_worst_seed_does():
     verdict = beats(rows([0.9, 0.55], [0.5, 0.6], 0.55))
     assert verdict["every_seed"] is False and verdict["margin_of_worst_seed"] == pytest.approx(-0.05)
     assert beats(rows([0.7], [0.4], 0.72))["every_seed"] is False  # below the majority class
+
+
+def test_the_language_vector_carries_words_across_the_language_gap():
+    """Two languages whose words sit at the same places up to an offset: without the vector a word's
+    nearest is a word of its own language; with the offset added it is its translation. A vector that
+    is wrong (here: zero, or the offset reversed) finds none."""
+    import numpy as np
+
+    from lmforge.components.evaluation.crosslingual import translation
+
+    rng = np.random.default_rng(0)
+    sources = rng.normal(size=(10, 8))
+    offset = np.full(8, 5.0)
+    targets = sources + offset + rng.normal(scale=0.05, size=(10, 8))
+    assert translation(sources, targets, 0.0)["top1"] == 0.0
+    assert translation(sources, targets, offset) == {"top1": 1.0, "top5": 1.0, "chance_top1": 1 / 19}
+    assert translation(sources, targets, -offset)["top1"] == 0.0
 
 
 def test_retrieval_counts_the_right_translation_among_the_nearest():

@@ -9,9 +9,11 @@ early stopping on the source's validation split), in a folder of this stage.
 The language vector. As the lecture asks how BERT holds "the same meaning in different languages":
 the mean contextual embedding of the corpus's target-language tokens minus the mean of its
 source-language ones. A word's embedding is its tokens' mean in the corpus sentences that use it;
-adding the vector to a source word's embedding, is its nearest target word (Euclidean, as the
-lecture's "nearest token") its translation? Top-1 / top-5 over a dictionary, with and without the
-vector, for the pretrained model and for the same architecture with random weights. The layer
+adding the vector to a source word's embedding, is its nearest word (Euclidean, as the lecture's
+"nearest token", among the dictionary's words of both languages) its translation? Top-1 / top-5,
+with and without the vector, for the pretrained model and for the same architecture with random
+weights; beside it, the same among the target words only (how far the languages align apart from
+the offset the vector removes). The layer
 compared is by default the middle one, where multilingual BERT's languages align best
 (Libovický et al. 2019, who centre each language by its mean: the same vector).
 
@@ -219,12 +221,15 @@ def language_vector(cfg: CrosslingualConfig, model_dir: Path, raw_dir: Path, inp
                                                          replace=False))]
             means[kind] = encoder.mean(chosen)
         vector = means[target_script] - means[source_script]
-        sources = [encoder.word(w, by_script[source_script], cfg.contexts_per_word) for w, _ in pairs]
-        targets = [encoder.word(w, by_script[target_script], cfg.contexts_per_word) for _, w in pairs]
-        results[weights] = {"without_vector": retrieval(np.stack(sources), np.stack(targets)),
-                            "with_vector": retrieval(np.stack(sources) + vector, np.stack(targets)),
+        sources = np.stack([encoder.word(w, by_script[source_script], cfg.contexts_per_word) for w, _ in pairs])
+        targets = np.stack([encoder.word(w, by_script[target_script], cfg.contexts_per_word) for _, w in pairs])
+        results[weights] = {"without_vector": translation(sources, targets, 0.0),
+                            "with_vector": translation(sources, targets, vector),
+                            "target_words_only": {"without_vector": retrieval(sources, targets),
+                                                  "with_vector": retrieval(sources + vector, targets)},
                             "vector_norm": float(np.linalg.norm(vector)),
-                            "examples": examples(np.stack(sources) + vector, np.stack(targets), pairs)}
+                            "examples": examples(sources + vector, np.concatenate([sources, targets]),
+                                                 [s for s, _ in pairs] + [t for _, t in pairs], pairs)}
     return {"pairs": len(pairs), "scripts": [source_script, target_script], "layer": layer, **results}
 
 
@@ -313,10 +318,24 @@ def retrieval(queries: np.ndarray, candidates: np.ndarray) -> dict:
             "chance_top1": 1 / len(candidates)}
 
 
-def examples(queries: np.ndarray, candidates: np.ndarray, pairs: list[tuple[str, str]], n: int = 8) -> list[dict]:
-    """The first n words with their nearest target word, for the report."""
-    nearest = distances(queries, candidates).argmin(1)
-    return [{"word": s, "translation": t, "nearest": pairs[j][1]} for (s, t), j in zip(pairs[:n], nearest[:n])]
+def translation(sources: np.ndarray, targets: np.ndarray, vector) -> dict:
+    """The lecture's test: source word i plus the vector, among every word of both languages (itself
+    left out), is its nearest word target i? Among target words only, the vector reorders candidates
+    only by how far each lies along it; here it must carry the word past its own language's words."""
+    n = len(sources)
+    d = distances(sources + vector, np.concatenate([sources, targets]))
+    d[np.arange(n), np.arange(n)] = np.inf  # the word itself
+    hit = d.argsort(axis=1) == (n + np.arange(n))[:, None]
+    return {"top1": float(hit[:, :1].any(1).mean()), "top5": float(hit[:, :5].any(1).mean()),
+            "chance_top1": 1 / (2 * n - 1)}
+
+
+def examples(queries: np.ndarray, candidates: np.ndarray, words: list[str], pairs: list[tuple[str, str]],
+             n: int = 8) -> list[dict]:
+    """The first n source words with their nearest other word among `candidates` (named by `words`)."""
+    d = distances(queries[:n], candidates)
+    d[np.arange(min(n, len(queries))), np.arange(min(n, len(queries)))] = np.inf  # candidates start with the queries
+    return [{"word": s, "translation": t, "nearest": words[j]} for (s, t), j in zip(pairs[:n], d.argmin(1))]
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -384,8 +403,8 @@ def plot(result: dict, path: Path) -> Path:
                    label=metric)
         ax.set_xticks([i + 0.2 for i in range(len(keys))],
                       [f"{w}\n{s.replace('_', ' ')}" for w, s in keys], fontsize=7)
-        ax.set(ylim=(0, 1), ylabel="translation retrieval accuracy",
-               title=f"language vector ({lv['pairs']} word pairs)")
+        ax.set(ylim=(0, 1), ylabel="nearest word is the translation",
+               title=f"language vector: {lv['pairs']} word pairs, both languages' words as candidates")
         ax.legend()
     fig.tight_layout()
     return save_figure(fig, path)
