@@ -170,7 +170,9 @@ def test_serve_publishes_deployments_and_runs_read_params_yaml_when_they_start(t
     sh("dvc", "commit", "-f", "ingest", cwd=root)
 
     api = prefect_api
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    # The runner looks for due runs every second, not Prefect's default 10 s: the test waits on it twice.
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = tmp_path / "serve.log"
     served = subprocess.Popen(["lmforge", "serve", "--no-server", "-S", f"orchestration.prefect_api_url={api}",
                                "-S", "orchestration.retrain_cron=15 4 * * *"],
@@ -200,7 +202,7 @@ def test_serve_publishes_deployments_and_runs_read_params_yaml_when_they_start(t
         edited = (root / "params.yaml").read_text().replace("experiment: lmforge\n", "experiment: edited\n")
         edited = edited.replace("min_improvement: 0.0\n", "min_improvement: 0.25\n")
         (root / "params.yaml").write_text(edited)
-        flow_run = run_deployment("retrain/lmforge-retrain", timeout=300)
+        flow_run = run_deployment("retrain/lmforge-retrain", timeout=300, poll_interval=1)
         assert flow_run.state.is_completed(), flow_run.state
         client = mlflow.MlflowClient(tracking_uri=load_params(root / "params.yaml").tracking.uri)
         experiment = client.get_experiment_by_name("edited-retrain")  # the flow's experiment: <experiment>-retrain
@@ -208,7 +210,7 @@ def test_serve_publishes_deployments_and_runs_read_params_yaml_when_they_start(t
         assert (root / "params.yaml").read_text() == edited  # nothing written back over the edit
 
         # 2. A parameter given in the run form applies to that run, is recorded, and reverts nothing else.
-        flow_run = run_deployment("retrain/lmforge-retrain", timeout=300,
+        flow_run = run_deployment("retrain/lmforge-retrain", timeout=300, poll_interval=1,
                                   parameters={"overrides": ["registry.min_improvement=0.5"]})
         assert flow_run.state.is_completed(), flow_run.state
         after = load_params(root / "params.yaml")
