@@ -2,8 +2,9 @@
 
 It owns what the two must not differ in: AdamW with no weight decay on biases and LayerNorm
 weights, the warm-up schedule, gradient clipping under bf16 with a fused optimizer, the guard that
-stops a run at a non-finite loss, and the random-number state of every rank, kept in the checkpoint
-so that a resumed run draws the same dropout masks as one never interrupted.
+stops a run at a non-finite loss, dropout that draws its random numbers cheaply on CPU
+(`training/dropout.py`), and the random-number state of every rank, kept in the checkpoint so that a
+resumed run draws the same dropout masks as one never interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from transformers import get_scheduler
 from lmforge.components.config import TrainConfig
 from lmforge.components.errors import LmforgeError
 from lmforge.components.training import distributed
+from lmforge.components.training.dropout import use_fast_dropout
 
 
 class TrainingModule(L.LightningModule):
@@ -28,6 +30,8 @@ class TrainingModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, train: TrainConfig, total_steps: int = 0):
         super().__init__()
         self.model, self.train_cfg, self.total_steps = model, train, total_steps
+        if not train.compile:  # a compiled model's dropout is fused by inductor already
+            use_fast_dropout(model)
 
     def configure_model(self) -> None:
         if self.train_cfg.compile and not hasattr(self, "_compiled"):
