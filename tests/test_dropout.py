@@ -24,13 +24,31 @@ def test_keeps_each_element_with_probability_one_minus_p_and_scales_the_kept(p):
 
 def test_gradient_is_the_forward_mask_scaled():
     torch.manual_seed(1)
-    x = torch.randn(64, 33, requires_grad=True)  # an odd element count: the last 64-bit draw is cut
+    x = torch.randn(63, 33, requires_grad=True)  # 2,079 elements, not a multiple of 4: the last 64-bit draw is cut
     y = FastDropout(0.2).train()(x)
     weights = torch.randn_like(y)
     (y * weights).sum().backward()
     mask = (y != 0).float() / 0.8
     torch.testing.assert_close(x.grad, weights * mask)
     torch.testing.assert_close(y, x.detach() * mask)
+
+
+def test_the_four_elements_of_one_draw_are_kept_independently():
+    torch.manual_seed(2)
+    kept = FastDropout(0.5).train()(torch.ones(400_000)).view(-1, 4) != 0
+    # each pair of the four (as adjacent, and as far apart as one draw allows) is kept together a quarter of the time
+    for a, b in [(0, 1), (1, 2), (2, 3), (0, 3)]:
+        assert (kept[:, a] & kept[:, b]).float().mean().item() == pytest.approx(0.25, abs=5e-3)
+    # and a whole draw's four elements all at once, a sixteenth
+    assert kept.all(1).float().mean().item() == pytest.approx(1 / 16, abs=3e-3)
+
+
+@pytest.mark.parametrize("p", [1e-6, 1 - 1e-6])
+def test_a_p_sixteen_bits_cannot_resolve_is_torchs_dropout(p):
+    torch.manual_seed(5)
+    y = FastDropout(p).train()(torch.ones(200_000))
+    torch.manual_seed(5)
+    assert torch.equal(y, torch.nn.functional.dropout(torch.ones(200_000), p, True))
 
 
 def test_same_seed_same_masks_other_seed_other_masks_and_eval_is_identity():
@@ -66,6 +84,10 @@ def test_training_module_swaps_every_dropout_of_the_model_and_keeps_its_p():
     assert use_fast_dropout(model) == 0  # already swapped
     # the attention's dropout is read as `.p` by HF's attention functions: a training forward runs
     model.train()(input_ids=torch.randint(0, 100, (2, 7)), labels=torch.tensor([0, 1])).loss.backward()
+
+    resting = BertForSequenceClassification(config).eval()  # a model swapped in eval mode stays in it
+    TrainingModule(resting, TrainConfig())
+    assert not any(m.training for m in resting.modules())
 
     compiled = BertForSequenceClassification(config)
     TrainingModule(compiled, TrainConfig(compile=True))  # inductor fuses dropout itself

@@ -49,7 +49,8 @@ class FastDropout(torch.nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or self.p >= 1.0 or self.inplace:
+        # A p that 16 bits cannot tell from 0 or 1 (within 1/131072) would keep every element, scaled: torch's.
+        if x.device.type != "cpu" or self.inplace or not 0 < round(self.p * 65536) < 65536:
             return F.dropout(x, self.p, True, self.inplace)
         return _Dropout.apply(x, self.p)
 
@@ -62,6 +63,6 @@ def use_fast_dropout(model: torch.nn.Module) -> int:
     for module in model.modules():
         for name, child in list(module.named_children()):
             if type(child) is torch.nn.Dropout:
-                setattr(module, name, FastDropout(child.p, child.inplace))
+                setattr(module, name, FastDropout(child.p, child.inplace).train(child.training))
                 swapped += 1
     return swapped
