@@ -204,3 +204,50 @@ def test_dvc_yaml_stages_depend_on_the_pretrained_folder_their_runs_start_from()
     starts |= {f"prompt@{name}": run.init_dir(params.pretrain) for name, run in params.prompt.runs.items()}
     starts["crosslingual"] = params.pretrain.model_dir("bert")
     assert {stage: str(start) for stage, start in starts.items() if str(start) not in deps[stage]} == {}
+
+
+def _lmforge_imports(tree, seen: set[str]) -> set[str]:
+    """Every lmforge module the code in `tree` imports, at its top or inside functions, transitively."""
+    import ast
+    import importlib.util
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]  # a module or a name in one
+        else:
+            continue
+        for name in names:
+            if not name.startswith("lmforge") or name in seen:
+                continue
+            try:
+                spec = importlib.util.find_spec(name)
+            except ModuleNotFoundError:  # a function or class imported from a module
+                spec = None
+            if spec is not None and spec.origin and spec.origin.endswith(".py"):
+                seen.add(name)
+                _lmforge_imports(ast.parse(Path(spec.origin).read_text()), seen)
+    return seen
+
+
+def test_every_stage_that_imports_the_training_layer_depends_on_it():
+    """A change to training/ (the Lightning module under every run: optimizer, dropout, the sparse
+    last layer, the run records) must make each stage whose code imports it stale in `dvc status`,
+    not only changes to its own package (a bug: pretraining listed lmforge/components/pretraining alone)."""
+    import ast
+    import inspect
+    import textwrap
+
+    from lmforge.components.stages import STAGES
+
+    declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    trains = []
+    for name, stage in declared.items():
+        stage = stage.get("do", stage)
+        function = STAGES[stage["cmd"].split()[2]]  # `lmforge stage NAME`
+        seen = _lmforge_imports(ast.parse(textwrap.dedent(inspect.getsource(function))), set())
+        if "lmforge.components.training.module" in seen:
+            trains.append(name)
+            assert "lmforge/components/training" in stage["deps"], f"dvc.yaml stage {name}: {stage['deps']}"
+    assert {"pretrain-bert", "pretrain-gpt", "finetune", "crosslingual", "when-bert-learns"} <= set(trains), trains

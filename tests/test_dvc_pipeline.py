@@ -2,7 +2,6 @@
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
@@ -50,52 +49,3 @@ def test_repro_builds_a_target_with_what_it_needs_then_is_a_no_op_and_pushes(pro
     sh("dvc", "push", target, "--with-deps", cwd=project)
     assert any((project / ".dvc-storage").rglob("*"))
 
-
-def _lmforge_imports(tree, seen: set[str]) -> set[str]:
-    """Every lmforge module the code in `tree` imports, at its top or inside functions, transitively."""
-    import ast
-    import importlib.util
-
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]  # a module or a name in one
-        else:
-            continue
-        for name in names:
-            if not name.startswith("lmforge") or name in seen:
-                continue
-            try:
-                spec = importlib.util.find_spec(name)
-            except ModuleNotFoundError:  # a function or class imported from a module
-                spec = None
-            if spec is not None and spec.origin and spec.origin.endswith(".py"):
-                seen.add(name)
-                _lmforge_imports(ast.parse(Path(spec.origin).read_text()), seen)
-    return seen
-
-
-def test_every_stage_that_imports_the_training_layer_depends_on_it():
-    """A change to training/ (the Lightning module under every run: optimizer, dropout, the sparse
-    last layer, the run records) must make each stage whose code imports it stale in `dvc status`,
-    not only changes to its own package (a bug: pretraining listed lmforge/components/pretraining alone)."""
-    import ast
-    import inspect
-    import textwrap
-
-    import yaml
-
-    from lmforge.components import stages
-    from tests.conftest import REPO
-
-    declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    trains = []
-    for name, stage in declared.items():
-        stage = stage.get("do", stage)
-        function = getattr(stages, stage["cmd"].split()[2].replace("-", "_"))
-        seen = _lmforge_imports(ast.parse(textwrap.dedent(inspect.getsource(function))), set())
-        if "lmforge.components.training.module" in seen:
-            trains.append(name)
-            assert "lmforge/components/training" in stage["deps"], f"dvc.yaml stage {name}: {stage['deps']}"
-    assert {"pretrain-bert", "pretrain-gpt", "finetune", "crosslingual", "when-bert-learns"} <= set(trains), trains
