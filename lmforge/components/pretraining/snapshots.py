@@ -17,6 +17,7 @@ import lightning as L
 import torch
 
 from lmforge.components.atomic import write_json
+from lmforge.components.training.attention import sdpa_twin
 from lmforge.components.training.checkpoints import export
 
 STEP = re.compile(r"step-(\d+)")
@@ -59,6 +60,6 @@ def plain_copy(model):
     snapshots trains exactly as one without)."""
     base = getattr(model, "_orig_mod", model)
     with torch.random.fork_rng(devices=[]):  # building it draws initial weights: not from the run's RNG
-        copy = type(base)._from_config(base.config, attn_implementation="sdpa")
+        copy = sdpa_twin(base)
     copy.load_state_dict({k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()})
     return copy.eval()

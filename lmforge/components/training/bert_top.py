@@ -12,10 +12,11 @@ offers it: `transformers` computes every position of every layer.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers import BertForSequenceClassification, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertLayer
+
+from lmforge.components.training.attention import attend
 
 
 def supports(bert) -> bool:
@@ -54,9 +55,8 @@ def states_at(bert: BertModel, keep: torch.Tensor, input_ids: torch.Tensor, atte
 
     # The body's mask, one query row of it: every query of a row sees the same keys (None: no padding).
     padding = None if mask is None else mask[:, :, :1]
-    context = F.scaled_dot_product_attention(
-        split(attention.query(rows)), split(attention.key(hidden)), split(attention.value(hidden)), attn_mask=padding,
-        dropout_p=attention.dropout.p if attention.training else 0.0, scale=attention.scaling)
+    context = attend(split(attention.query(rows)), split(attention.key(hidden)), split(attention.value(hidden)), padding,
+                     attention.dropout.p if attention.training else 0.0, attention.scaling)
     context = context.transpose(1, 2).flatten(2)[queried]
     attended = last.attention.output(context, rows[queried])
     return last.output(last.intermediate(attended), attended)

@@ -49,16 +49,20 @@ class FastDropout(torch.nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        # A p that 16 bits cannot tell from 0 or 1 (within 1/131072) would keep every element, scaled: torch's.
-        if x.device.type != "cpu" or self.inplace or not 0 < round(self.p * 65536) < 65536:
+        if x.device.type != "cpu" or self.inplace or not resolvable(self.p):
             return F.dropout(x, self.p, True, self.inplace)
         return _Dropout.apply(x, self.p)
 
 
+def resolvable(p: float) -> bool:
+    """A p that 16-bit draws tell from 0 and 1: one within 1/131072 of 1 would keep every element, scaled."""
+    return 0 < round(p * 65536) < 65536
+
+
 def use_fast_dropout(model: torch.nn.Module) -> int:
     """Every `torch.nn.Dropout` of the model becomes a FastDropout of the same p; returns how many.
-    Models that call dropout as a function (BART) keep theirs; attention dropout inside SDPA stays
-    torch's (HF passes the module's `p` to it, which a FastDropout still has)."""
+    Models that call dropout as a function (BART) keep theirs; attention dropout is
+    `training/attention.py`'s (HF passes it the module's `p`, which a FastDropout still has)."""
     swapped = 0
     for module in model.modules():
         for name, child in list(module.named_children()):

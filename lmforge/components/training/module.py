@@ -3,7 +3,7 @@
 It owns what the two must not differ in: AdamW with no weight decay on biases and LayerNorm
 weights, the warm-up schedule, gradient clipping under bf16 with a fused optimizer, the guard that
 stops a run at a non-finite loss, dropout that draws its random numbers cheaply on CPU
-(`training/dropout.py`), and the random-number state of every rank, kept in the checkpoint so that a
+(`training/dropout.py`, and in attention `training/attention.py`), and the random-number state of every rank, kept in the checkpoint so that a
 resumed run draws the same dropout masks as one never interrupted.
 """
 
@@ -16,6 +16,7 @@ from transformers import get_scheduler
 from lmforge.components.config import TrainConfig
 from lmforge.components.errors import LmforgeError
 from lmforge.components.training import distributed
+from lmforge.components.training.attention import use_fast_attention
 from lmforge.components.training.dropout import use_fast_dropout
 
 
@@ -32,6 +33,7 @@ class TrainingModule(L.LightningModule):
         self.model, self.train_cfg, self.total_steps = model, train, total_steps
         if not train.compile:  # a compiled model's dropout is fused by inductor already
             use_fast_dropout(model)
+            use_fast_attention(model)
 
     def configure_model(self) -> None:
         if self.train_cfg.compile and not hasattr(self, "_compiled"):

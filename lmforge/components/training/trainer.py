@@ -29,6 +29,7 @@ from lmforge.components.config import TrackingConfig, TrainConfig
 from lmforge.components.console import through_root
 from lmforge.components.errors import LmforgeError
 from lmforge.components.tracking import DataUsed, flatten_params, log_data
+from lmforge.components.training.attention import sdpa_twin
 from lmforge.components.training.checkpoints import AtomicCheckpointIO, load_checkpoint
 from lmforge.components.training.run_record import RunRecord, write_run_record
 
@@ -194,7 +195,7 @@ def finished_model(trainer: L.Trainer, module: L.LightningModule, checkpoint: st
     if not trainer.is_global_zero:
         return None
     trained = unwrap(module.model)
-    model = type(trained)._from_config(trained.config, attn_implementation="sdpa")
+    model = sdpa_twin(trained)
     weights = {_plain_name(k): v for k, v in state.items() if k.startswith("model.")}
     model.load_state_dict(weights)
     return model.to(module.device).eval()  # scored where it trained
