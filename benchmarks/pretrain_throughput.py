@@ -13,6 +13,7 @@ and writes reports/bench/pretrain_throughput.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import tempfile
 from itertools import chain
@@ -88,11 +89,13 @@ def reference_contestant(kind, ours_config, dataset, collator, cfg: TrainConfig,
 
     best=False: run_mlm.py / run_clm.py's defaults: the model type's default config (dropout 0.1,
     GPT-2's gelu_new, ...), fp32, the default optimizer settings, no compile, their own blocks.
-    best=True: as fast as the Trainer's documentation allows, on lmforge's own packed examples:
+    best=True: as fast as the Trainer's documentation allows, on lmforge's own model and packed examples:
     bf16 where lmforge trains in bf16, adamw_torch_fused with lmforge's betas, epsilon, weight decay
     and clipping, torch_compile where lmforge compiles. `attention`: the model's attn_implementation; HF's
     "eager" is the faster one on CPU when attention dropout is on (SDPA then leaves its fused kernel)."""
-    config = type(ours_config)(**{key: getattr(ours_config, key) for key in SIZES[kind]})
+    # best: lmforge's own model config, so both sides train the same model (GPT: its fused tanh GELU)
+    config = (copy.deepcopy(ours_config) if best
+              else type(ours_config)(**{key: getattr(ours_config, key) for key in SIZES[kind]}))
     settings = best_trainer_settings(cfg) if best else {}
 
     def contest(turns: Turns) -> dict:

@@ -161,3 +161,22 @@ def test_progress_bar_counts_epochs_from_one_out_of_what_max_steps_makes():
     assert bar._get_train_description(4).strip() == "Epoch 5/11"
     bar._trainer = SimpleNamespace(num_training_batches=float("inf"), max_steps=500, accumulate_grad_batches=1)
     assert bar._get_train_description(0).strip() == "Epoch 1"  # an iterable of unknown length
+
+
+def test_gpt_computes_gpt2s_gelu_in_one_kernel():
+    """build_gpt's fused tanh GELU is GPT-2's gelu_new: the same logits from the same weights."""
+    from lmforge.components.config import ModelConfig
+    from lmforge.components.pretraining.models import build_gpt
+
+    torch.manual_seed(0)
+    ours = build_gpt(ModelConfig(preset="tiny"), 100, 0).eval()
+    assert ours.config.activation_function == "gelu_pytorch_tanh"
+    reference = type(ours)._from_config(ours.config.__class__(**{**ours.config.to_dict(),
+                                                                "activation_function": "gelu_new"})).eval()
+    reference.load_state_dict(ours.state_dict())
+    ids = torch.randint(0, 100, (2, 16))
+    torch.testing.assert_close(ours(ids).logits, reference(ids).logits, atol=1e-5, rtol=1e-5)
+    reference.config.activation_function = "gelu"  # the erf GELU: another function, and the test sees it
+    erf = type(ours)._from_config(reference.config).eval()
+    erf.load_state_dict(ours.state_dict())
+    assert not torch.allclose(ours(ids).logits, erf(ids).logits, atol=1e-5, rtol=1e-5)
