@@ -301,11 +301,13 @@ def main(argv=None) -> dict:
                                 "both sides scored by the finetune stage's scorer in fp32",
                    "data": f"GLUE folder {args.glue_dir} ({args.task})" if args.glue_dir else "the demo world",
                    "references": "HF Trainer, lmforge's lr, batch size, epochs, schedule, warm-up, weight decay, "
-                                 "clipping and seed on both rows. 'Trainer defaults': as run_glue.py sets it up "
+                                 "clipping and seed on every row. 'Trainer defaults': as run_glue.py sets it up "
                                  "(padding='max_length', default_data_collator, fp32). 'Trainer best': "
                                  "DataCollatorWithPadding, train_sampling_strategy='group_by_length', bf16 where "
                                  "lmforge uses bf16, adamw_torch_fused with lmforge's betas and epsilon, "
-                                 "torch_compile where lmforge compiles. Speed-ups are against the faster of the two",
+                                 "torch_compile where lmforge compiles; 'Trainer best eager': the same with HF's eager "
+                                 "attention (on CPU with attention dropout, SDPA leaves its fused kernel). Speed-ups "
+                                 "are against the fastest Trainer row",
                    "interleaved": greenlet is not None},
         "results": results,
         "summary": summarise(results),
