@@ -52,13 +52,23 @@ def test_the_gradient_flows_through_the_mask_the_forward_drew():
     assert q.grad.abs().sum() > 0 and k.grad.abs().sum() > 0
 
 
-def test_seeds_repeat_and_p_zero_or_eval_is_sdpa():
+def test_seeds_repeat():
     a, _ = weights_through(seed=3)
     b, _ = weights_through(seed=3)
     c, _ = weights_through(seed=4)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    d, plain = weights_through(p=0.0)
-    assert torch.equal(d, plain)
+
+
+def test_a_row_with_every_key_masked_attends_to_nothing_as_in_sdpa():
+    """Review: such a row (left padding) softmaxed to uniform weights and returned the mean of the values."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 6, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+    mask[0, :, 0] = False  # the first query of the first row may see no key
+    out = attend(q, k, v, mask, 0.25)
+    assert torch.equal(out[0, :, 0], torch.zeros(2, 8))
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[0, :, 0], torch.zeros(2, 8))
+    assert out[0, :, 1:].abs().sum() > 0 and out[1].abs().sum() > 0
 
 
 def tiny(kind):
@@ -91,8 +101,17 @@ def test_models_attend_through_it_and_evaluate_and_save_as_sdpa(kind, tmp_path, 
     loss.backward()
     assert calls and torch.isfinite(loss)  # training attends here, with its dropout
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.ndim > 1)
-    model.save_pretrained(tmp_path)
-    assert NAME not in (tmp_path / "config.json").read_text()  # the export names no lmforge function
+    # Every dropout an identity: a training forward through this attention (dropout p still > 0, so its own
+    # path: masks, causality, scale) gives the logits SDPA gives in eval.
+    with monkeypatch.context() as identity:
+        identity.setattr(attention._Dropout, "apply", lambda x, p: x)
+        identity.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
+        identity.setattr(torch.nn.functional, "dropout", lambda x, *args, **kwargs: x)
+        calls.clear()
+        torch.testing.assert_close(model.train()(**inputs).logits, reference, atol=1e-5, rtol=1e-5)
+        assert calls
+    model.save_pretrained(tmp_path)  # the export loads with SDPA wherever lmforge's attention is not registered
+    assert type(model).from_pretrained(tmp_path).config._attn_implementation == "sdpa"
 
 
 def test_a_model_not_on_sdpa_is_left_alone():

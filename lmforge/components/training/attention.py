@@ -33,13 +33,15 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: to
         return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
                                                                 is_causal=is_causal, scale=scaling)
     scores = torch.matmul(query, key.transpose(-1, -2)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
-    lowest = torch.finfo(scores.dtype).min  # not -inf: a row with every key masked gives 0s, not NaNs
     if is_causal:
         mask = torch.ones(query.size(-2), key.size(-2), dtype=torch.bool, device=query.device).tril()
-    if mask is not None:
-        scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask
+    if mask is not None:  # finfo.min, not -inf: a row with every key masked softmaxes to uniform, not NaN
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    return torch.matmul(_Dropout.apply(weights, dropout), value)
+    out = torch.matmul(_Dropout.apply(weights, dropout), value)
+    if mask is not None and mask.dtype == torch.bool:  # ... and such a row attends to nothing: 0, as SDPA gives
+        out = out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+    return out
 
 
 def uses_own_dropout(query: torch.Tensor, dropout: float) -> bool:
@@ -71,7 +73,8 @@ AttentionMaskInterface.register(NAME, sdpa_mask)  # the masks SDPA's interface g
 
 def use_fast_attention(model: torch.nn.Module) -> bool:
     """A model that attends through SDPA now attends through `attention`; True if it was switched.
-    Its saved config is unaffected: the exported model is rebuilt with "sdpa" (`sdpa_twin`)."""
+    transformers writes no implementation into config.json, so an export loads with SDPA anywhere; the
+    model lmforge exports is rebuilt with SDPA anyway (`sdpa_twin`)."""
     config = getattr(model, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
