@@ -2,8 +2,8 @@
 
 Written by hand because torch's SDPA, given a dropout probability on CPU, leaves its fused kernel
 for a math path that draws one `bernoulli_` number per attention weight: a 4-head, 128-token
-batch of 32 took ~6x as long, forward and backward, with attention dropout 0.1 as without
-(micro-benchmark, 2 threads). Here the weights are computed as HF's eager attention computes them
+causal batch of 32 took 65.6 ms forward and backward with attention dropout 0.1, 32.3 ms without, and
+53.3 ms here (micro-benchmark, 2 threads). Here the weights are computed as HF's eager attention computes them
 and dropped with FastDropout's draws; without dropout (evaluation, p = 0), on other devices, under
 torch.compile or for anything this does not handle, it is `transformers`' own SDPA attention.
 Registered with `transformers`' AttentionInterface, so every model's own attention modules call it.

@@ -3,8 +3,9 @@
 It owns what the two must not differ in: AdamW with no weight decay on biases and LayerNorm
 weights, the warm-up schedule, gradient clipping under bf16 with a fused optimizer, the guard that
 stops a run at a non-finite loss, dropout that draws its random numbers cheaply on CPU
-(`training/dropout.py`, and in attention `training/attention.py`), and the random-number state of every rank, kept in the checkpoint so that a
-resumed run draws the same dropout masks as one never interrupted.
+(`training/dropout.py`; in attention, `training/attention.py`), and the random-number state of every
+rank, kept in the checkpoint so that a resumed run draws the same dropout masks as one never
+interrupted.
 """
 
 from __future__ import annotations
