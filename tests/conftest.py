@@ -139,7 +139,7 @@ def prefect_api(request, tmp_path_factory) -> str:
 TINY_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
 FAST_TRAIN = {"max_steps": 20, "batch_size": 8, "val_every_n_steps": 10, "checkpoint_every_n_steps": 10,
               "warmup_steps": 2}
-SMALL_DEMO = {"entities": 40, "corpus_documents": 120, "glue_train": 40, "glue_eval": 20,
+SMALL_DEMO = {"entities": 40, "corpus_documents": 120, "glue_train": 40, "glue_eval": 20, "chinese_eval": 20,
               "qa_train": 40, "qa_eval": 20, "ner_train": 40, "ner_eval": 20}
 
 

@@ -23,7 +23,7 @@ OFF = TrackingConfig(enabled=False)
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("crosslingual")
-    demo = build_demo(DemoConfig(entities=40, corpus_documents=200, glue_train=48, glue_eval=24))
+    demo = build_demo(DemoConfig(entities=40, corpus_documents=200, glue_train=48, glue_eval=24, chinese_eval=24))
     for name in ("rte", "rte_zh", "corpus", "dictionary_en_zh"):
         demo[name].save_to_disk(str(root / "raw" / name))
     tok = train_bert_tokenizer(demo["corpus"]["train"], BertTokenizerConfig(vocab_size=800, min_frequency=1))
@@ -69,6 +69,11 @@ def test_four_rows_and_the_language_vector(workspace, monkeypatch):
     floor = max(max(result["rows"][2]["seeds"].values()), result["rows"][3]["score"])
     assert verdict["margin_of_worst_seed"] == pytest.approx(min(result["rows"][0]["seeds"].values()) - floor)
     assert verdict["every_seed"] == (verdict["margin_of_worst_seed"] > 0)
+    # The mean's margin over the better baseline, from the same rows, with its interval around it.
+    baseline = max(result["rows"][2]["score"], result["rows"][3]["score"])
+    assert verdict["mean_margin"] == pytest.approx(result["rows"][0]["score"] - baseline)
+    low, high = verdict["mean_margin_ci95"]
+    assert low <= verdict["mean_margin"] <= high and verdict["mean_beats"] == (low > 0)
     # The majority row is the train split's commonest label, scored on the target's validation split.
     from datasets import load_from_disk
 
@@ -129,6 +134,37 @@ def test_zero_shot_beats_the_baselines_only_if_its_worst_seed_does():
     verdict = beats(rows([0.9, 0.55], [0.5, 0.6], 0.55))
     assert verdict["every_seed"] is False and verdict["margin_of_worst_seed"] == pytest.approx(-0.05)
     assert beats(rows([0.7], [0.4], 0.72))["every_seed"] is False  # below the majority class
+
+
+def test_the_mean_beats_the_baselines_only_when_its_interval_clears_zero():
+    """The interval comes from resampling the evaluation's examples: a ~0.1 lead is clear on 500 rows,
+    not on 40, and no lead is never clear."""
+    import numpy as np
+
+    from lmforge.components.evaluation.crosslingual import mean_margin
+
+    def setups(n: int, zero_shot: float, random_init: float):
+        rng = np.random.default_rng(0)
+        gold = rng.integers(0, 2, n)
+
+        def right(share: float) -> np.ndarray:  # predictions right on `share` of the rows
+            return np.where(rng.random(n) < share, gold, 1 - gold)
+        return gold, {"zero_shot": [right(zero_shot), right(zero_shot)],
+                      "random_init": [right(random_init), right(random_init)], "majority": np.zeros(n, int)}
+
+    clear = mean_margin("qnli", *setups(500, 0.62, 0.5))
+    assert clear["mean_beats"] and 0.05 < clear["mean_margin"] < 0.15
+    low, high = clear["mean_margin_ci95"]
+    assert 0 < low < clear["mean_margin"] < high and high - low < 0.1
+    small = mean_margin("qnli", *setups(40, 0.62, 0.5))
+    assert small["mean_margin_ci95"][1] - small["mean_margin_ci95"][0] > high - low
+    none = mean_margin("qnli", *setups(500, 0.5, 0.5))
+    assert not none["mean_beats"] and none["mean_margin_ci95"][0] < 0
+    # The same inputs, the same interval: the resampling is seeded.
+    assert mean_margin("qnli", *setups(500, 0.62, 0.5)) == clear
+    # A task scored by F1 too (MRPC): its own metric on each resample.
+    f1 = mean_margin("mrpc", *setups(200, 0.7, 0.5))
+    assert f1["resamples"] == 200 and f1["mean_margin_ci95"][0] < f1["mean_margin"] < f1["mean_margin_ci95"][1]
 
 
 def test_the_language_vector_carries_words_across_the_language_gap():

@@ -178,5 +178,13 @@ def test_the_world_is_told_in_chinese_with_the_same_facts_and_no_translated_pair
     assert set(demo["qnli_zh"]["train"]["label"]) == {0, 1} and set(demo["sst2_zh"]["train"]["label"]) == {0, 1}
     pairs = dict(zip(demo["dictionary_en_zh"]["train"]["source"], demo["dictionary_en_zh"]["train"]["target"]))
     assert pairs["chemist"] == "化学家" and len(pairs) == len(CHINESE)
+    # The Chinese tasks are scored zero-shot, so they get their own, larger validation and test splits;
+    # a resize draws the train rows first, so it leaves them as they were.
+    assert {name: len(demo[name]["validation"]) for name in ("qnli_zh", "rte", "qnli")} == \
+        {"qnli_zh": SMALL.chinese_eval, "rte": 40, "qnli": 40}
+    assert len(demo["qnli_zh"]["test"]) == SMALL.chinese_eval
+    smaller = build_demo(SMALL.model_copy(update={"chinese_eval": 30}))
+    assert smaller["qnli_zh"]["train"]["question"] == demo["qnli_zh"]["train"]["question"]
+    assert len(smaller["qnli_zh"]["validation"]) == 30
     english_only = build_demo(SMALL.model_copy(update={"chinese": 0.0}))
     assert "qnli_zh" not in english_only and not any("中学毕业后" in d for d in english_only["corpus"]["train"]["text"])

@@ -39,7 +39,7 @@ def build_demo(cfg: DemoConfig) -> dict[str, DatasetDict]:
     data["conll2003"] = conll_task(world, cfg.ner_train, cfg.ner_eval, rng("conll2003"))
     if cfg.chinese:
         for task in CHINESE_BUILDERS:
-            data[f"{task}_zh"] = glue_task(task, world, cfg.glue_train, cfg.glue_eval, rng(f"{task}_zh"), "zh")
+            data[f"{task}_zh"] = glue_task(task, world, cfg.glue_train, cfg.chinese_eval, rng(f"{task}_zh"), "zh")
         data["dictionary_en_zh"] = dictionary()
     return data
 
