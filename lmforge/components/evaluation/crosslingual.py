@@ -162,7 +162,7 @@ def beats(rows: list[dict]) -> dict:
             "margin_of_worst_seed": min(zero_shot["seeds"].values()) - floor}
 
 
-def mean_margin(task: str, gold: np.ndarray, predicted: dict) -> dict:
+def mean_margin(task: str, gold: np.ndarray, predicted: dict, resamples: int | None = None) -> dict:
     """The zero-shot score (mean over seeds) minus the better baseline's (random weights' mean over
     seeds, or the majority class), with a 95% interval from resampling the target's examples: every
     setup scored on the same resample (percentile bootstrap, scipy). The interval covers which
@@ -172,7 +172,7 @@ def mean_margin(task: str, gold: np.ndarray, predicted: dict) -> dict:
     # Accuracy by hand: scikit-learn's checks cost ~1 ms a call, 4 s for 1,000 resamples of five setups.
     # F1, MCC and correlations stay scikit-learn's and scipy's, on fewer resamples (~6 ms a call).
     accuracy = set(glue_metrics(task, gold[:2], gold[:2])) == {"accuracy"}
-    resamples = 1000 if accuracy else 200
+    resamples = resamples or (1000 if accuracy else 200)
 
     def score(predictions: np.ndarray, idx: np.ndarray) -> float:
         if accuracy:
