@@ -72,8 +72,7 @@ def test_four_rows_and_the_language_vector(workspace, monkeypatch):
     # The mean's margin over the better baseline, from the same rows, with its interval around it.
     baseline = max(result["rows"][2]["score"], result["rows"][3]["score"])
     assert verdict["mean_margin"] == pytest.approx(result["rows"][0]["score"] - baseline)
-    low, high = verdict["mean_margin_ci95"]
-    assert low <= verdict["mean_margin"] <= high and verdict["mean_beats"] == (low > 0)
+    assert verdict["resamples"] == 1000 and len(verdict["mean_margin_ci95"]) == 2
     # The majority row is the train split's commonest label, scored on the target's validation split.
     from datasets import load_from_disk
 
@@ -162,10 +161,32 @@ def test_the_mean_beats_the_baselines_only_when_its_interval_clears_zero():
     assert not none["mean_beats"] and none["mean_margin_ci95"][0] < 0
     # The same inputs, the same interval: the resampling is seeded.
     assert mean_margin("qnli", *setups(500, 0.62, 0.5)) == clear
-    # A task scored by F1 too (MRPC): its own metric on each resample.
-    assert mean_margin("mrpc", *setups(200, 0.7, 0.5), resamples=20)["resamples"] == 20
-    f1 = mean_margin("mrpc", *setups(200, 0.7, 0.5), resamples=50)
-    assert f1["mean_margin_ci95"][0] < f1["mean_margin"] < f1["mean_margin_ci95"][1]
+    # Paired: every setup is scored on the same resample, so two setups that predict alike differ by
+    # exactly 0 on every one (unpaired draws would spread the interval around 0).
+    gold, predicted = setups(300, 0.62, 0.5)
+    alike = {**predicted, "random_init": predicted["zero_shot"], "majority": 1 - gold}
+    assert mean_margin("qnli", gold, alike) == {"mean_margin": 0.0, "mean_margin_ci95": [0.0, 0.0],
+                                                "mean_beats": False, "resamples": 1000}
+    # MRPC is scored by GLUE's mean of F1 and accuracy, not by accuracy alone.
+    from lmforge.components.finetuning.metrics import glue_metrics, task_score
+
+    gold, predicted = setups(200, 0.7, 0.5)
+    scores = {k: np.mean([task_score(glue_metrics("mrpc", p, gold)) for p in predicted[k]])
+              for k in ("zero_shot", "random_init")}
+    majority = task_score(glue_metrics("mrpc", predicted["majority"], gold))
+    f1 = mean_margin("mrpc", gold, predicted, resamples=50)
+    assert f1["mean_margin"] == pytest.approx(scores["zero_shot"] - max(scores["random_init"], majority))
+    assert f1["mean_margin"] != pytest.approx(np.mean([(p == gold).mean() for p in predicted["zero_shot"]])
+                                              - max(np.mean([(p == gold).mean() for p in predicted["random_init"]]),
+                                                    (predicted["majority"] == gold).mean()))
+    # STS-B: the majority's constant has no correlation; the margin is over random weights alone.
+    scores_gold = np.linspace(0, 5, 60)
+    near = scores_gold + np.random.default_rng(1).normal(0, 1, 60)
+    far = np.random.default_rng(2).uniform(0, 5, 60)
+    stsb = mean_margin("stsb", scores_gold, {"zero_shot": [near], "random_init": [far],
+                                             "majority": np.full(60, 2.5)}, resamples=20)
+    assert stsb["mean_margin"] == pytest.approx(task_score(glue_metrics("stsb", near, scores_gold))
+                                                - task_score(glue_metrics("stsb", far, scores_gold)))
 
 
 def test_the_language_vector_carries_words_across_the_language_gap():
