@@ -222,6 +222,7 @@ def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs:
         "bert-squad": {"task": "squad", "model": "bert", "init": "pretrained"}}
     params["finetune"]["train"] = {**params["finetune"]["train"], "max_epochs": 1}
     params["seq2seq_ablation"].update({"pretrain_steps": 2, "finetune_steps": 2, "heldout_documents": 4,
+                                       "copy_warmup_steps": 2,
                                        "corruptions": ["mask", "infill"]})
     params["pretrain"]["bert"]["snapshot_steps"] = [0, 20] if lecture_reports else []
     params["crosslingual"].update({"documents_per_language": 20, "contexts_per_word": 2, "enabled": lecture_reports})

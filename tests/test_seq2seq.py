@@ -186,11 +186,13 @@ def test_ablation_writes_a_row_per_corruption_and_random_init(tmp_path, tokenize
     DatasetDict({split: Dataset.from_dict({"question": [q for q, _ in qa], "answer": [a for _, a in qa]})
                  for split in ("train", "validation")}).save_to_disk(str(tmp_path / "raw" / "qa"))
     cfg = Seq2SeqAblationConfig(pretrain_steps=2, finetune_steps=2, finetune_batch_size=8, qa_dataset="qa",
-                                heldout_documents=4, max_new_tokens=4, out=str(tmp_path / "abl.json"),
-                                plot=str(tmp_path / "abl.png"))
+                                heldout_documents=4, max_new_tokens=4, copy_warmup_steps=0,
+                                out=str(tmp_path / "abl.json"), plot=str(tmp_path / "abl.png"))
     out = corruption_ablation(cfg, pretrain_cfg(tmp_path, tokenizers_dir), tmp_path / "raw", OFF)
     rows = json.loads(out.read_text())["rows"]
     assert [r["model"] for r in rows] == ["random-init", "mask", "delete", "infill", "permute", "rotate"]
+    # The common yardstick: each row's mean over restoring every corruption, its own among them.
+    assert all(0 <= r["restore_all_accuracy"] <= 1 for r in rows)
     assert all(0 <= r[m] <= 1 for r in rows for m in MEASURES if m != "input_gain")
     assert all(-1 <= r["input_gain"] <= 1 for r in rows)
     assert abs(rows[0]["input_gain"]) <= 0.05  # random weights: as (un)able with the input as without
@@ -211,9 +213,67 @@ def test_reading_the_input_is_measured_against_the_input_withheld(tokenizers_dir
     blind = withheld(batch, tokenizer)
     assert blind["input_ids"].tolist() == [[tokenizer.bos_token_id, tokenizer.eos_token_id]] * 2
     assert blind["attention_mask"].tolist() == [[1, 1]] * 2 and blind["labels"] is batch["labels"]
-    assert "no corruption taught" in verdict([{"model": "mask", "input_gain": 0.001}, {"model": "rotate", "input_gain": -0.01}])
-    assert verdict([{"model": "mask", "input_gain": 0.3}, {"model": "infill", "input_gain": 0.4},
-                    {"model": "rotate", "input_gain": 0.0}]).startswith("infill taught the most")
+    assert "no corruption taught" in verdict([{"model": "mask", "input_gain": 0.001, "restore_all_accuracy": 0.5},
+                                              {"model": "rotate", "input_gain": -0.01, "restore_all_accuracy": 0.6}])
+    # Ranked by restoring every corruption, not by the gain under its own: masking leaves most tokens
+    # in place, so its own is the easiest to read back.
+    line = verdict([{"model": "mask", "input_gain": 0.7, "restore_all_accuracy": 0.42},
+                    {"model": "infill", "input_gain": 0.4, "restore_all_accuracy": 0.52},
+                    {"model": "rotate", "input_gain": 0.0, "restore_all_accuracy": 0.9}])
+    assert line == ("infill taught the most: restoring every corruption, token accuracy infill 0.520, mask 0.420; "
+                    "rotate did not read the input")
+
+
+def test_every_row_starts_from_the_same_copy_trained_weights(tmp_path, tokenizers_dir, corpus, monkeypatch):
+    """The warm-up copies rows of ordinary random tokens (the labels are the input), once; each row
+    then starts from those weights, not from where the row before it (and its QA fine-tune) left them."""
+    import torch
+
+    import lmforge.components.evaluation.seq2seq_ablation as ablation
+    from lmforge.components.pretraining.seq2seq_data import bart_tokenizer
+
+    warmup, kept, begins = [], [], []
+    real_train_steps, real_restoration, real_briefly = ablation.train_steps, ablation.restoration, ablation.pretrain_briefly
+
+    def train_steps(model, batches, train, steps):
+        if not warmup:  # the stage's first training is the warm-up
+            warmup.extend(batch for _, batch in zip(range(steps), batches))
+            batches = iter(warmup)
+        real_train_steps(model, batches, train, steps)
+
+    def weights(model):
+        return model.model.shared.weight.detach().clone()
+
+    def restoration(model, *args, **kwargs):
+        kept.append(weights(model))
+        return real_restoration(model, *args, **kwargs)
+
+    def pretrain_briefly(model, *args, **kwargs):
+        begins.append(weights(model))
+        return real_briefly(model, *args, **kwargs)
+
+    monkeypatch.setattr(ablation, "train_steps", train_steps)
+    monkeypatch.setattr(ablation, "restoration", restoration)
+    monkeypatch.setattr(ablation, "pretrain_briefly", pretrain_briefly)
+    qa = [("Where was Talia Brandt born?", "Velmora")] * 8
+    DatasetDict({split: Dataset.from_dict({"question": [q for q, _ in qa], "answer": [a for _, a in qa]})
+                 for split in ("train", "validation")}).save_to_disk(str(tmp_path / "raw" / "qa"))
+    cfg = Seq2SeqAblationConfig(pretrain_steps=2, finetune_steps=2, finetune_batch_size=4, qa_dataset="qa",
+                                heldout_documents=2, max_new_tokens=2, copy_warmup_steps=3,
+                                corruptions=["mask", "rotate"], out=str(tmp_path / "abl.json"),
+                                plot=str(tmp_path / "abl.png"))
+    pretrain = pretrain_cfg(tmp_path, tokenizers_dir)
+    report = json.loads(ablation.corruption_ablation(cfg, pretrain, tmp_path / "raw", OFF).read_text())
+    assert [r["model"] for r in report["rows"]] == ["copy-warmup", "mask", "rotate"]
+    assert report["copy_warmup_steps"] == 3 and len(warmup) == 3
+    special = set(bart_tokenizer(tokenizers_dir / "gpt").all_special_ids)
+    for batch in warmup:
+        body = batch["input_ids"][:, 1:-1]
+        assert body.shape[1] == 30 and not set(body.unique().tolist()) & special
+        assert torch.equal(batch["labels"], batch["input_ids"])
+    # The baseline row is the warm-up's weights; each corruption begins from them again.
+    assert len(begins) == 2 and all(torch.equal(begin, kept[0]) for begin in begins)
+    assert not torch.equal(kept[1], kept[0]) and not torch.equal(kept[2], kept[1])
 
 
 def test_ablation_needs_demo_questions_or_a_qa_dataset(tmp_path, tokenizers_dir, corpus):

@@ -350,14 +350,22 @@ class Seq2SeqPretrainConfig(CorpusInput):
 
 
 class Seq2SeqAblationConfig(Section):
-    """`lmforge stage seq2seq-ablation`: each corruption alone, pretrained briefly from the same seed
+    """`lmforge stage seq2seq-ablation`: each corruption alone, pretrained briefly from the same weights
     (corpus, tokenizer, model, rates and optimizer from pretrain.seq2seq), then scored on restoring
-    held-out documents and on closed-book QA after a short fine-tune; beside random weights."""
+    held-out documents (under its own corruption, and under every one) and on closed-book QA after a
+    short fine-tune; beside those starting weights."""
 
     enabled: bool = Field(True, description="false: the stage writes a report saying it did not run (a pipeline "
                                             "without the demo world's questions or a qa_dataset)")
     corruptions: list[Literal[CORRUPTIONS]] = Field(default_factory=lambda: list(CORRUPTIONS), min_length=1)
     pretrain_steps: int = Field(30, ge=1, description="pretraining steps per corruption")
+    # A tiny BART learns the demo corpus as a language model long before it looks at its input (on the
+    # corpus, reading began only near 600 steps, measured); on rows of random tokens there is nothing
+    # to learn but copying, and it copied 99 % of them by step 200. So every row starts from the same
+    # copy-trained weights, and the corruptions differ in what they add to a model that reads.
+    copy_warmup_steps: int = Field(200, ge=0, description="steps of copying rows of random tokens before any "
+                                                          "corruption, the same weights for every row; 0: from "
+                                                          "random weights")
     # Runs this short learn more at a higher rate than pretrain.seq2seq's (measured: 5e-3 against 2e-3).
     pretrain_learning_rate: float = Field(5e-3, gt=0, le=1.0)
     finetune_steps: int = Field(30, ge=1, description="closed-book QA fine-tuning steps per model")
