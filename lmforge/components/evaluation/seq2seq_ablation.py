@@ -336,7 +336,7 @@ def plot(rows: list[dict], path: Path) -> Path:
         if gain:
             ax.axhline(READS_INPUT, color="black", linestyle="--", linewidth=0.8, label="reads its input above")
             ax.legend(fontsize=7, loc="upper right")
-        ax.set(title=title, ylim=(low, high))
+        ax.set(title=title.replace(": ", ":\n"), ylim=(low, high))
         ax.tick_params(axis="x", rotation=45)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Seq2seq pretraining: each corruption alone, from the same weights, the same steps", y=1.03)
