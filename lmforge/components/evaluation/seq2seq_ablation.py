@@ -339,6 +339,6 @@ def plot(rows: list[dict], path: Path) -> Path:
         ax.set(title=title.replace(": ", ":\n"), ylim=(low, high))
         ax.tick_params(axis="x", rotation=45)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Seq2seq pretraining: each corruption alone, from the same weights, the same steps", y=1.03)
+    fig.suptitle("Seq2seq pretraining: each corruption alone, from the same weights, the same steps", y=1.1)
     return save_figure(fig, path)
 
