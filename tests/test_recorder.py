@@ -2,6 +2,7 @@
 together, a stage waits until those it depends on are recorded, and a failed record fails the flow."""
 
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
@@ -193,3 +194,38 @@ def test_recording_a_stage_dvc_yaml_does_not_have_says_so(project):
     with pytest.raises(LmforgeError, match="dvc.yaml has no stage nope to record"):
         DvcProject(project).record("a", "nope")
     assert not (project / "dvc.lock").exists()  # nothing half-recorded
+
+
+def test_params_parsed_once_per_text_and_an_edit_is_still_seen(project, monkeypatch):
+    """DVC parses params.yaml once per stage it checks; lmforge keeps the parse of a text it has seen.
+    An edited file is new text: its stage must turn stale at once, and back when the edit is undone."""
+    from dvc.utils.serialize import _yaml
+
+    (project / "params.yaml").write_text("lr: 0.1\nother: 1\n")
+    stages = {f"s{i}": {"cmd": f"echo {i} > s{i}.txt", "params": ["lr"], "outs": [f"s{i}.txt"]} for i in range(6)}
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    for i in range(6):
+        (project / f"s{i}.txt").write_text(f"{i}\n")
+    dvc = DvcProject(project)
+    dvc.stale()  # installs the cache
+    parsed, parse = [], versioning._dvc_parse_yaml
+    monkeypatch.setattr(versioning, "_dvc_parse_yaml", lambda text, path, typ: parsed.append((Path(path).name, typ))
+                        or parse(text, path, typ=typ))
+    monkeypatch.setattr(versioning, "_parses", {})
+    dvc.record(*stages)
+    assert dvc.stale() == {}
+    assert parsed.count(("params.yaml", "safe")) == 1  # six stages recorded, then checked: one parse
+
+    (project / "params.yaml").write_text("lr: 0.2\nother: 1\n")
+    stale = dvc.stale()
+    assert set(stale) == set(stages) and all("params.yaml" in " ".join(r) for r in stale.values())
+    (project / "params.yaml").write_text("lr: 0.1\nother: 1\n")
+    assert dvc.stale() == {}
+    # the cached data is DVC's to change: a copy each time
+    first = _yaml.parse_yaml("a: {b: 1}\n", "x.yaml")
+    first["a"]["b"] = 2
+    assert _yaml.parse_yaml("a: {b: 1}\n", "x.yaml") == {"a": {"b": 1}}
+    with pytest.raises(Exception, match="x.yaml"):  # a broken file fails each time, not once
+        _yaml.parse_yaml("a: [\n", "x.yaml")
+    with pytest.raises(Exception, match="x.yaml"):
+        _yaml.parse_yaml("a: [\n", "x.yaml")
