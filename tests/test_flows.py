@@ -152,46 +152,74 @@ def test_transient_faults_are_retried_user_errors_are_not():
     assert not is_transient(ValueError("a bug"))
 
 
-def test_independent_stages_run_at_once_each_after_what_it_needs(tmp_path, monkeypatch, prefect_api):
-    """orchestration.max_parallel_stages 2: two stages at a time at most, none before those it depends on."""
-    import threading
+def record_stage(name: str, params) -> list:
+    """A stage for the test below (module-level: a worker process unpickles it): when it started and
+    ended, in which process, and what torch's generator gave it after seeding it and waiting."""
+    import logging
+    import os
     import time
 
+    import torch
+
+    from lmforge.components.errors import LmforgeError
+
+    if name == "bad":
+        raise LmforgeError("bad.csv: column label: expected 0 or 1, found 7")
+    start = time.time()
+    torch.manual_seed(len(name))
+    time.sleep(1.0)  # a stage beside it seeds meanwhile: with one generator for both, this draw would move
+    drawn = torch.rand(1).item()
+    logging.getLogger("lmforge.test").info("stage %s drew %.6f", name, drawn)
+    with open("events.jsonl", "a") as f:
+        f.write(json.dumps({"name": name, "start": start, "end": time.time(), "pid": os.getpid(),
+                            "drawn": drawn, "threads": torch.get_num_threads()}) + "\n")
+    return []
+
+
+def test_independent_stages_run_at_once_each_after_what_it_needs(tmp_path, monkeypatch, prefect_api):
+    """orchestration.max_parallel_stages 2: two stages at a time at most, none before those it depends on;
+    a stage started beside another runs in a worker process on its share of the cores, with its own random
+    generator and its log lines in the flow's log; one started alone runs in the flow's process."""
+    import functools
+    import os
+
+    import torch
     from prefect import flow
 
     from lmforge.components.config import Params
     from lmforge.components.stages import PlannedStage
     from lmforge.flows.pipeline import Step, run_all
+    from lmforge.flows.stage_processes import cores
 
     monkeypatch.chdir(tmp_path)  # not a DVC project: every stage runs, nothing is recorded
-    events, lock = [], threading.Lock()
-
-    def stage(name: str):
-        def run(params):
-            with lock:
-                events.append(("start", name))
-            time.sleep(1.0)
-            with lock:
-                events.append(("end", name))
-            return []
-        return run
-
     params = Params.model_validate({"orchestration": {"max_parallel_stages": 2, "retries": 0},
                                     "tracking": {"enabled": False}})
-    needs = {"a": set(), "b": set(), "c": {"a"}, "d": {"a", "b", "c"}}
-    steps = [Step(PlannedStage(name, stage(name), params, name), frozenset(up)) for name, up in needs.items()]
+    needs = {"a": set(), "bb": set(), "ccc": {"a"}, "dddd": {"a", "bb", "ccc"}}
+    steps = [Step(PlannedStage(name, functools.partial(record_stage, name), params, name), frozenset(up))
+             for name, up in needs.items()]
+    log = tmp_path / "log.txt"
 
     @flow
-    def wired():
-        return run_all(steps, params, force=False)
+    def wired(steps):
+        return run_all(steps, params, force=False, log_path=log)
 
-    assert [o.stage for o in wired()] == ["a", "b", "c", "d"]  # reported in the graph's order
-    running, most = set(), 0
-    for kind, name in events:
-        if kind == "start":
-            assert all(("end", up) in events[:events.index((kind, name))] for up in needs[name]), (name, events)
-            running.add(name)
-            most = max(most, len(running))
-        else:
-            running.discard(name)
-    assert most == 2  # a and b at once; never three
+    assert [o.stage for o in wired(steps)] == ["a", "bb", "ccc", "dddd"]  # reported in the graph's order
+    events = {e["name"]: e for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())}
+    for name, upstream in needs.items():
+        assert all(events[up]["end"] <= events[name]["start"] for up in upstream), (name, events)
+    assert events["a"]["start"] < events["bb"]["end"] and events["bb"]["start"] < events["a"]["end"]  # at once
+    assert events["a"]["pid"] != events["bb"]["pid"] and os.getpid() not in (events["a"]["pid"], events["bb"]["pid"])
+    assert events["a"]["threads"] == events["bb"]["threads"] == max(1, cores() // 2)
+    assert events["dddd"]["pid"] == os.getpid() and events["dddd"]["threads"] == max(1, cores() // 2)  # alone: here
+    for name, e in events.items():  # each its own generator: what its seed gives, whatever ran beside it
+        assert e["drawn"] == torch.rand(1, generator=torch.Generator().manual_seed(len(name))).item(), name
+    assert "stage bb drew" in log.read_text() and "stage a drew" in log.read_text()  # from the workers too
+
+    # A stage that fails in a worker fails the flow with its own one line, after the stage beside it ended.
+    bad = [Step(PlannedStage(name, functools.partial(record_stage, name), params, name), frozenset())
+           for name in ("bad", "eeeee")]
+    from lmforge.components.errors import LmforgeError
+
+    with pytest.raises(LmforgeError, match="bad.csv: column label: expected 0 or 1, found 7"):
+        wired(bad)
+    assert "eeeee" in (tmp_path / "events.jsonl").read_text()

@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
+PROGRESS_BAR_ENV = "LMFORGE_PROGRESS_BAR"  # "0": no live bar (stages run at once would garble each other's)
 CONSOLE = {"console": True}  # `log.info(..., extra=CONSOLE)`: a line for the console, not only the log file
 # Warnings that come on every run with nothing to act on.
 KNOWN_NOISE = ("`isinstance(treespec, LeafSpec)` is deprecated",  # Lightning's pytree helper, torch 2.13
@@ -82,6 +84,8 @@ def configure(verbose: bool = False) -> None:
 
     datasets.disable_progress_bars()
     huggingface_hub.utils.disable_progress_bars()
+    if "transformers" in sys.modules:  # it copies the hub's setting when imported: set after, it must be told
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 @contextlib.contextmanager

@@ -101,10 +101,11 @@ def plan(params: Params, patterns: list[str], with_upstream: bool = False) -> li
     return [Step(S.plan(s.name, s.cmd, params), s.upstream & chosen) for s in graph if s.name in chosen]
 
 
-def run_all(steps: list[Step], params: Params, force: bool) -> list[StageOutcome]:
+def run_all(steps: list[Step], params: Params, force: bool, log_path: Path | None = None) -> list[StageOutcome]:
     """Run the steps in order, or up to orchestration.max_parallel_stages at a time, each once the
     stages it depends on have finished and are recorded in dvc.lock (recording runs beside the next
-    stage). A failed stage fails the flow after what runs has finished."""
+    stage). Each runs on its share of the cores: in a worker process when it starts beside others
+    (stage_processes), else in this one. A failed stage fails the flow after what runs has finished."""
     task = run_stage.with_options(**stage_options(params.orchestration.retries, params.orchestration.retry_delay_s))
     dvc = DvcProject(".")
     stale = None if force else dvc.stale()
@@ -134,23 +135,33 @@ def run_all(steps: list[Step], params: Params, force: bool) -> list[StageOutcome
             return list(done.values())
         from prefect.futures import as_completed
 
+        from lmforge.flows.stage_processes import StageProcesses, cores, stage_processes
+
         waiting, running, outcomes, failed = list(steps), {}, {}, None
-        while waiting or running:
-            ready = [s for s in waiting if s.upstream <= outcomes.keys()] if failed is None else []
-            for step in ready[:width - len(running)]:
-                waiting.remove(step)
-                recorder.wait_for(step.upstream)
-                running[step.stage.dvc_name] = task.submit(step.stage, force, known=known(step, outcomes),
-                                                           record=False)
-            if not running:
-                break
-            future = next(as_completed(list(running.values())))
-            name = next(n for n, f in running.items() if f is future)
-            del running[name]
-            try:
-                outcomes[name] = ended(future.result())
-            except BaseException as error:  # noqa: BLE001 - raised again once the running stages end
-                failed = failed or error
+        with contextlib.ExitStack() as workers:  # started when a stage first starts beside another
+            while waiting or running:
+                ready = [s for s in waiting if s.upstream <= outcomes.keys()] if failed is None else []
+                for step in ready[:width - len(running)]:
+                    waiting.remove(step)
+                    recorder.wait_for(step.upstream)
+                    runs = [s for s in ready if force or known(s, outcomes) != []]  # not known to be current
+                    beside = step in runs and (bool(running) or len(runs) > 1)
+                    if beside and stage_processes.get() is None:
+                        workers.enter_context(StageProcesses(width, log_path).installed())
+                    # Every stage on the same share of the cores, alone or not: what it computes must not
+                    # depend on what else was ready (torch's sums differ in their last bits by thread count).
+                    running[step.stage.dvc_name] = task.submit(step.stage, force, known=known(step, outcomes),
+                                                               record=False, threads=max(1, cores() // width),
+                                                               beside=beside)
+                if not running:
+                    break
+                future = next(as_completed(list(running.values())))
+                name = next(n for n, f in running.items() if f is future)
+                del running[name]
+                try:
+                    outcomes[name] = ended(future.result())
+                except BaseException as error:  # noqa: BLE001 - raised again once the running stages end
+                    failed = failed or error
     if failed is not None:
         raise failed
     return [outcomes[s.stage.dvc_name] for s in steps]
@@ -197,7 +208,7 @@ def run_flow(flow_name: str, params: Params, patterns: list[str], force: bool, w
         steps = plan(tracked, patterns, with_upstream)
         get_run_logger().info("%s: flow run %s, %d stage(s); full log %s", flow_name, flow_run.name, len(steps), log,
                               extra=CONSOLE)
-        outcomes = run_all(steps, tracked, force)
+        outcomes = run_all(steps, tracked, force, log)
         registered = registrations(outcomes)
         publish_summary(flow_name, tracked, outcomes, registered)
     return {"stages": [asdict(o) for o in outcomes], "registered": registered}

@@ -20,6 +20,7 @@ from lmforge.components.errors import LmforgeError
 from lmforge.components.stages import PlannedStage
 from lmforge.components.tracking import server_errors
 from lmforge.components.versioning import DvcProject
+from lmforge.flows.stage_processes import stage_processes, torch_threads
 
 TRANSIENT_MARKERS = ("Connection refused", "Max retries exceeded", "Temporary failure in name resolution",
                      "Read timed out", "RemoteDisconnected", "502 Bad Gateway", "503 Service Unavailable")
@@ -59,11 +60,13 @@ def _retry_transient(task, task_run, state) -> bool:
 
 @task(task_run_name="{planned.dvc_name}", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
 def run_stage(planned: PlannedStage, force: bool = False, root: str = ".", known: list[str] | None = None,
-              record: bool = True) -> StageOutcome:
+              record: bool = True, threads: int = 0, beside: bool = False) -> StageOutcome:
     """Run one stage unless DVC says its deps, params and outs are what dvc.lock recorded.
     `known`: what the flow's one `dvc status` of the whole pipeline said of it (empty: unchanged),
     where nothing it depends on has run since; None: ask DVC now. `record`: record it in dvc.lock
-    here (a flow's Recorder does it instead, while the next stage runs)."""
+    here (a flow's Recorder does it instead, while the next stage runs). `threads`: torch's threads for
+    it (0: as they are); `beside`: the flow started it while other stages run, so it runs in a worker
+    process (stage_processes)."""
     logger = get_run_logger()
     dvc = DvcProject(root)
     changes = dvc.changes(planned.dvc_name) if known is None else known
@@ -76,7 +79,13 @@ def run_stage(planned: PlannedStage, force: bool = False, root: str = ".", known
     start = time.perf_counter()
     try:
         with server_errors(planned.params.tracking, planned.dvc_name):  # the stage's own MLflow calls too
-            outputs = planned.function(planned.params) if planned.processes == 1 else run_command(planned, logger)
+            if planned.processes > 1:
+                outputs = run_command(planned, logger)
+            elif beside and (processes := stage_processes.get()) is not None:
+                outputs = processes.run(planned, threads)
+            else:
+                with torch_threads(threads):
+                    outputs = planned.function(planned.params)
     except BaseException as error:
         failed = StageOutcome(planned.dvc_name, "failed", str(error).splitlines()[0] if str(error) else
                               type(error).__name__, time.perf_counter() - start)

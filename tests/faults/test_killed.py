@@ -48,7 +48,9 @@ if _spec:
         if any(_spec["needle"] in p for p in paths):
             _seen[0] += 1
             if _seen[0] == _spec["nth"]:
-                os.kill(os.getpid(), signal.SIGSTOP)
+                # The whole process group: a flow and the worker processes of its stages run at once, one
+                # of which may be the one that got here (Frozen starts each command in a group of its own).
+                os.killpg(os.getpgrp(), signal.SIGSTOP)
 
     sys.addaudithook(_freeze)
 '''
@@ -114,7 +116,8 @@ class Frozen:
         self.what = f"lmforge {' '.join(args)} at {'/'.join(events)} #{nth} of *{needle}*"
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen([str(LMFORGE), *args], cwd=root, stdout=out, stderr=subprocess.STDOUT,
-                                            env=child_env(root, {"events": list(events), "needle": needle, "nth": nth}))
+                                            env=child_env(root, {"events": list(events), "needle": needle, "nth": nth}),
+                                            start_new_session=True)
         self.wait_stopped()
 
     def wait_stopped(self, timeout: float = 240) -> None:

@@ -17,6 +17,7 @@ processes are here, once:
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,11 @@ class ProgressBar(RichProgressBar):
 
 def live_bar() -> bool:
     """A bar only where someone watches it: on a terminal. Written to a file or a pipe (CI, `make demo >
-    log`), rich prints each finished bar whole, several lines per run, into the output."""
-    return sys.stdout.isatty()
+    log`), rich prints each finished bar whole, several lines per run, into the output. Not for a stage
+    run beside another (PROGRESS_BAR_ENV 0): their bars would overwrite each other's line."""
+    from lmforge.components.console import PROGRESS_BAR_ENV
+
+    return sys.stdout.isatty() and os.environ.get(PROGRESS_BAR_ENV) != "0"
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, logger, callbacks: list, *, max_steps: int,
