@@ -119,10 +119,6 @@ def _run(args, params: Params) -> None:
                           epochs=args.epochs)
         if name == "evaluate_and_register":
             kwargs["models"] = args.models
-        if name == "pipeline" and params.orchestration.max_parallel_stages > 1:  # its imports beside this process's
-            from lmforge.flows.stage_processes import start_fork_server
-
-            start_fork_server()
         server_ready()
         result = FLOWS[name](params=params, params_file=args.params, **kwargs)
         print(summary(result, params))
