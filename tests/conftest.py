@@ -194,11 +194,14 @@ def run_stage_in(root: Path, name: str, *overrides: str) -> list[Path]:
 
 
 def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs: dict | None = None,
-                 lecture_reports: bool = False) -> Path:
+                 lecture_reports: bool = False, parallel_stages: int | None = 1) -> Path:
     """The repository's pipeline in a new git + DVC repo, with tiny models and demo data. The three
     lecture reports (crosslingual, when-BERT-learns, the seq2seq ablation) fine-tune or pretrain
     several models each: they run as stages either way, but do their work only with `lecture_reports`
-    (one end-to-end test), so the suite stays within its time."""
+    (one end-to-end test), so the suite stays within its time. `parallel_stages`: the flows'
+    orchestration.max_parallel_stages; 1 unless a test asks (None: params.yaml's default, two at once in
+    worker processes): on the suite's three workers on 2 cores, a fork server's imports per flow (~10 s)
+    cost more than two of these tiny stages at once save (the suite went from 10-11.7 to 12.2 min)."""
     import shutil
 
     import yaml
@@ -232,6 +235,8 @@ def make_project(tmp_path: Path, finetune_runs: dict | None = None, prompt_runs:
         "gpt-0shot-sst2": {"task": "sst2", "shots": 0, "init": "pretrained"}}
     params["prompt"]["max_eval_examples"] = 10
     params["tracking"]["uri"] = f"sqlite:///{root}/mlflow.db"
+    if parallel_stages is not None:
+        params["orchestration"]["max_parallel_stages"] = parallel_stages
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=root)
     sh("git", "add", "-A", cwd=root)

@@ -34,7 +34,7 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     from lmforge.components.registry.register import candidate
     from lmforge.flows.pipeline import pipeline
 
-    root = make_project(tmp_path, lecture_reports=True)
+    root = make_project(tmp_path, lecture_reports=True, parallel_stages=None)
     monkeypatch.chdir(root)
     params = load_params("params.yaml")
     uri = params.tracking.uri

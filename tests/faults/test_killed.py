@@ -82,8 +82,9 @@ class Workspace:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
+    # Flows as users run them, two stages at once: a kill lands in the flow or in a stage's worker.
     return Workspace(make_project(tmp_path_factory.mktemp("killed"), finetune_runs={
-        "bert-rte": {"task": "rte", "model": "bert", "init": "pretrained"}}, prompt_runs={}))
+        "bert-rte": {"task": "rte", "model": "bert", "init": "pretrained"}}, prompt_runs={}, parallel_stages=None))
 
 
 def child_env(root: Path, freeze: dict | None = None) -> dict:

@@ -92,7 +92,7 @@ def test_env_secrets_never_reach_mlflow_prefect_artifacts_or_logs(tmp_path, monk
     from lmforge.components.params_file import load_params
     from lmforge.flows.pipeline import pretrain
 
-    root = make_project(tmp_path, finetune_runs={}, prompt_runs={})
+    root = make_project(tmp_path, finetune_runs={}, prompt_runs={}, parallel_stages=None)  # workers log too
     monkeypatch.chdir(root)
     values = planted(monkeypatch)
     uri = load_params("params.yaml").tracking.uri
