@@ -8,7 +8,8 @@ runs in a worker process; one that starts alone runs in the flow's process, with
 Each gets the same share of the cores (torch.set_num_threads), so what it computes does not depend on
 what else was ready when it started. The workers are forked
 from multiprocessing's fork server, which imports torch, Lightning, transformers, MLflow and the stages
-once, while the flow's first stages run; a worker serves one stage after another, its imports warm.
+once, when the flow first starts a stage beside another (a flow whose stages never overlap starts none);
+a worker serves one stage after another, its imports warm.
 Measured on 2 cores, the demo's 17 fine-tuning runs: 70.8 s one after another on 2 threads, 58.4 s two
 at once as threads, 52.1 s two at once as processes of 1 thread each.
 
@@ -44,7 +45,7 @@ class StageProcesses:
 
     def __init__(self, width: int, log_path: Path | None = None):
         context = start_fork_server()
-        self.width, self.log_path = width, log_path
+        self.log_path = log_path
         self.pool = ProcessPoolExecutor(width, mp_context=context, initializer=die_with_parent)
 
     def run(self, planned: PlannedStage, threads: int) -> list[Path]:
@@ -65,8 +66,8 @@ class StageProcesses:
 
 
 def start_fork_server():
-    """The context workers start from: the fork server, started now if it is not running, its imports
-    (~10 s) beside what the flow does meanwhile; on Windows, which has none, spawn."""
+    """The context workers start from: the fork server, started now if it is not running (its imports
+    take ~10 s, which the first workers wait for); on Windows, which has none, spawn."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")  # each worker imports what its first stage needs
     from multiprocessing import forkserver
