@@ -664,8 +664,8 @@ class OrchestrationConfig(Section):
     prefect_api_url: str = Field("http://127.0.0.1:4200/api", description="the Prefect server `lmforge serve` uses or starts")
     retrain_cron: str = Field("0 3 * * 1", description="when the retrain deployment runs (cron, server time zone)")
     retrain_schedule_active: bool = Field(False, description="false: the schedule exists but is paused")
-    # Two at once on the demo's 2 cores, one thread each: 4.0 min against 5.8 for one at a time on both
-    # (measured; tiny models' steps are half Python, which one process runs on one core at a time).
+    # Two at once on the demo's 2 cores, one thread each: the demo took 5.0-5.2 min against 6.1 one at a
+    # time on both (measured the same day; tiny models' steps are half Python, which runs on one core).
     max_parallel_stages: int = Field(2, ge=1, le=64, description="stages a flow runs at once, each when those it "
                                                                "depends on are done, on cores/this threads; one started "
                                                                "beside another runs in a worker process (1: one after "

@@ -88,13 +88,19 @@ def configure(verbose: bool = False) -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
-@contextlib.contextmanager
-def log_file(path: Path) -> Iterator[Path]:
-    """Everything logged in this process while the block runs, unfiltered, appended to `path`."""
+def file_handler(path: Path) -> logging.Handler:
+    """Every INFO line and above, unfiltered, appended to `path` (a flow's log file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s " + FORMAT))
     handler.setLevel(logging.INFO)
+    return handler
+
+
+@contextlib.contextmanager
+def log_file(path: Path) -> Iterator[Path]:
+    """Everything logged in this process while the block runs, unfiltered, appended to `path`."""
+    handler = file_handler(path)
     root = logging.getLogger()
     root.addHandler(handler)
     try:

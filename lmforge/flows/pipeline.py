@@ -141,10 +141,10 @@ def run_all(steps: list[Step], params: Params, force: bool, log_path: Path | Non
         with contextlib.ExitStack() as workers:  # started when a stage first starts beside another
             while waiting or running:
                 ready = [s for s in waiting if s.upstream <= outcomes.keys()] if failed is None else []
+                runs = [s for s in ready if force or known(s, outcomes) != []]  # not known to be current
                 for step in ready[:width - len(running)]:
                     waiting.remove(step)
                     recorder.wait_for(step.upstream)
-                    runs = [s for s in ready if force or known(s, outcomes) != []]  # not known to be current
                     beside = step in runs and (bool(running) or len(runs) > 1)
                     if beside and stage_processes.get() is None:
                         workers.enter_context(StageProcesses(width, log_path).installed())

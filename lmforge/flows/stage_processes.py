@@ -98,7 +98,7 @@ def run_in_worker(planned: PlannedStage, threads: int, cwd: str, log_path: Path 
     """A stage in a worker: the flow's working directory, log file and MLflow parent run, no live bar."""
     import torch
 
-    from lmforge.components.console import FORMAT, PROGRESS_BAR_ENV, configure, through_root
+    from lmforge.components.console import PROGRESS_BAR_ENV, configure, file_handler, through_root
     from lmforge.components.tracking import flow_run, parent_run
 
     os.chdir(cwd)  # the fork server stays where it started; the flow may be elsewhere now
@@ -108,10 +108,7 @@ def run_in_worker(planned: PlannedStage, threads: int, cwd: str, log_path: Path 
         configure()
         through_root("lightning", "lightning.pytorch", "lightning.fabric", "dvc", "dvc_objects", "dvc_data")  # imported before logging was set up
         if log_path is not None:
-            handler = logging.FileHandler(log_path, encoding="utf-8")
-            handler.setFormatter(logging.Formatter("%(asctime)s " + FORMAT))
-            handler.setLevel(logging.INFO)
-            logging.getLogger().addHandler(handler)
+            logging.getLogger().addHandler(file_handler(log_path))
         _worker_log.append(log_path)
     parent_run.set(parent)
     flow_run.set(flow)
