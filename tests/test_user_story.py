@@ -75,8 +75,9 @@ def versions(client, name: str) -> dict[int, object]:
 def test_retrain_on_grown_user_files_rescores_every_champion(tmp_path, monkeypatch, prefect_api, capsys):
     import mlflow
 
+    # The default two stages at once: on the user's own files, and again after they grew.
     root = make_project(tmp_path, finetune_runs={"bert-sst2": {"task": "sst2", "model": "bert", "init": "pretrained"}},
-                        prompt_runs={})
+                        prompt_runs={}, parallel_stages=None)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["ingest"]["demo"]["enabled"] = False
     params["ingest"]["sources"] = [

@@ -40,11 +40,13 @@ def parse_yaml_once() -> None:
     pure-Python parser once per stage it checks or records: 65 times per `dvc status` of the demo (5 of
     its 6 s) and per record (~17 s of a demo's 37 s of recording), profiled; the same text parses to the
     same data. Only the plain ("safe") parse is kept; the round-trip one DVC edits files with is not."""
-    from dvc.utils import strictyaml
-    from dvc.utils.serialize import _yaml
-
+    try:
+        from dvc.utils import strictyaml
+        from dvc.utils.serialize import _yaml
+    except ImportError:  # a DVC that moved them: it parses as it does, only slower
+        return
     global _dvc_parse_yaml
-    if _yaml.parse_yaml is not _parse_yaml:
+    if getattr(_yaml, "parse_yaml", _parse_yaml) is not _parse_yaml:
         _dvc_parse_yaml = _yaml.parse_yaml
         _yaml.parse_yaml = strictyaml.parse_yaml = _parse_yaml  # load_yaml finds it in _yaml, strictyaml by its own name
 
