@@ -10,6 +10,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # their `lmforge` children) on two cores, where the tiny models gain nothing from a second thread
 # and every process loses to the contention.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The repositories tests `dvc init` have no .dvc/config saying so: without this, each DVC command
+# there starts a daemon that tries to send usage analytics (no internet here).
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
