@@ -114,7 +114,7 @@ def prefect_api(request, tmp_path_factory) -> str:
     started by the controller; without it, one for this process. A server start costs seconds of both
     cores: one instead of a test harness or an ephemeral server per test saves minutes of the suite.
     Tests find their own flow runs, experiments and models by name or id."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     from lmforge.flows.serve import server_is_up
 
@@ -126,9 +126,12 @@ def prefect_api(request, tmp_path_factory) -> str:
         assert time.monotonic() < deadline, f"the Prefect server at {api} did not start within {STARTUP_S} s"
         time.sleep(1.0)
     saved = os.environ.get("PREFECT_API_URL")
-    os.environ.update(PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # The server answers 503 while its sqlite store is locked, and clients retry: 5 times over ~1 min by
+    # default, which the suite's load on 2 cores outlasted (`prefect deploy` failed so, twice in CI).
+    # 8 retries wait up to ~8.5 min in all; without trouble, nothing changes.
+    os.environ.update(PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_CLIENT_MAX_RETRIES="8")
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api}):
+        with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_CLIENT_MAX_RETRIES: 8}):
             yield api
     finally:
         if saved is None:
