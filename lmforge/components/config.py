@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmforge.components.data.schemas import TASKS
+from lmforge.components.data.tasks import TASKS
 from lmforge.components.errors import LmforgeError
 
 

@@ -79,11 +79,13 @@ def configure(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # datasets draws a bar per .map and per save_to_disk, transformers one per save_pretrained ("Writing
     # model shards"); the stage's own bar is the one to watch. Both libraries may be imported already.
-    import datasets
     import huggingface_hub.utils
 
-    datasets.disable_progress_bars()
     huggingface_hub.utils.disable_progress_bars()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    else:  # read when it is imported: importing it here cost every command, `lmforge params` too, 1.5 s
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if "transformers" in sys.modules:  # it copies the hub's setting when imported: set after, it must be told
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 

@@ -6,57 +6,11 @@ so later stages read GLUE, SQuAD and CoNLL data the same way wherever it came fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
+from lmforge.components.data.tasks import CONLL_NER_TAGS, GLUE_TASKS, TASKS, GlueTask  # noqa: F401 - the names, here with their schemas
 from lmforge.components.errors import LmforgeError
 
-
-@dataclass(frozen=True)
-class GlueTask:
-    name: str
-    text_columns: tuple[str, ...]
-    label_names: tuple[str, ...] | None  # None: regression (STS-B)
-    validation_splits: tuple[str, ...] = ("validation",)
-    test_splits: tuple[str, ...] = ("test",)
-
-    @property
-    def is_regression(self) -> bool:
-        return self.label_names is None
-
-    @property
-    def features(self) -> Features:
-        columns = {c: Value("string") for c in self.text_columns}
-        label = Value("float32") if self.is_regression else ClassLabel(names=list(self.label_names))
-        return Features({**columns, "label": label, "idx": Value("int32")})
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return ("train", *self.validation_splits, *self.test_splits)
-
-
-# Column names, label names and their order as in the Hub's `nyu-mll/glue`.
-GLUE_TASKS: dict[str, GlueTask] = {
-    t.name: t
-    for t in [
-        GlueTask("cola", ("sentence",), ("unacceptable", "acceptable")),
-        GlueTask("sst2", ("sentence",), ("negative", "positive")),
-        GlueTask("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent")),
-        GlueTask("qqp", ("question1", "question2"), ("not_duplicate", "duplicate")),
-        GlueTask("stsb", ("sentence1", "sentence2"), None),
-        GlueTask(
-            "mnli",
-            ("premise", "hypothesis"),
-            ("entailment", "neutral", "contradiction"),
-            validation_splits=("validation_matched", "validation_mismatched"),
-            test_splits=("test_matched", "test_mismatched"),
-        ),
-        GlueTask("qnli", ("question", "sentence"), ("entailment", "not_entailment")),
-        GlueTask("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment")),
-        GlueTask("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment")),
-    ]
-}
 
 SQUAD_FEATURES = Features(
     {
@@ -68,7 +22,6 @@ SQUAD_FEATURES = Features(
     }
 )
 
-CONLL_NER_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 # The columns token classification needs; a CoNLL file's POS and chunk columns are kept when present.
 CONLL_FEATURES = Features(
     {
@@ -83,7 +36,6 @@ CORPUS_FEATURES = Features({"text": Value("string")})
 # A bilingual dictionary (one word and its translation per row): what the cross-lingual report's
 # word-retrieval part looks translations up in.
 DICTIONARY_FEATURES = Features({"source": Value("string"), "target": Value("string")})
-TASKS = (*GLUE_TASKS, "squad", "squad_v2", "conll2003", "corpus", "dictionary")
 
 
 def task_features(task: str) -> Features:
