@@ -17,7 +17,13 @@ def test_params_prints_effective_values(capsys):
     assert printed["ingest"]["demo"]["enabled"] is True
 
 
-def test_params_and_help_import_no_data_or_training_library():
+def shell_env() -> dict[str, str]:
+    """This environment as a shell would start a command: without what a quiet lmforge run in this test
+    process set for the processes it starts (datasets' bars off)."""
+    return {k: v for k, v in os.environ.items() if k != "HF_DATASETS_DISABLE_PROGRESS_BARS"}
+
+
+def test_params_imports_no_data_or_training_library():
     """`lmforge params` and the config it validates load no datasets, torch or MLflow (datasets alone cost
     it 1.5 s of its 2.3 s); the datasets bars stay off for the stages that import it later."""
     code = f"""
@@ -28,8 +34,7 @@ print("loaded", sorted(m for m in ("datasets", "torch", "transformers", "mlflow"
 import datasets
 print("bars", datasets.is_progress_bar_enabled())
 """
-    env = {k: v for k, v in os.environ.items() if k != "HF_DATASETS_DISABLE_PROGRESS_BARS"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=shell_env())
     assert done.stdout.splitlines()[-2:] == ["loaded []", "bars False"]
 
 
@@ -104,10 +109,8 @@ with log_file(Path({str(log)!r})):
     logging.getLogger("lmforge.components.data.ingest").info("saving corpus: 2000 rows")
 print("bars", datasets.is_progress_bar_enabled())
 """
-    # As a shell starts it: not with what a quiet lmforge run in this process set for the processes it starts.
-    env = {k: v for k, v in os.environ.items() if k != "HF_DATASETS_DISABLE_PROGRESS_BARS"}
     done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, check=True,
-                          env=env)
+                          env=shell_env())
     assert "a real warning" in done.stderr and "ingest: ran" in done.stderr
     assert ("GPU available" in done.stderr) == verbose and ("LeafSpec" in done.stderr) == verbose
     assert ("saving corpus" in done.stderr) == verbose  # a stage's detail: the log file's, not the console's
