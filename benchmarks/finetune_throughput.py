@@ -42,7 +42,8 @@ from lmforge.components.finetuning.classification import ClassificationModule, e
 from lmforge.components.finetuning.metrics import task_score  # noqa: E402
 from lmforge.components.finetuning.scoring import score_glue  # noqa: E402
 from lmforge.components.pretraining.models import build_bert  # noqa: E402
-from lmforge.components.training.trainer import resolve_accelerator, total_steps  # noqa: E402
+from lmforge.components.training.distributed import resolve_accelerator  # noqa: E402
+from lmforge.components.training.trainer import total_steps  # noqa: E402
 from lmforge.components.tokenizer import train_bert_tokenizer  # noqa: E402
 from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, best_trainer_settings, bf16_available,  # noqa: E402
                     environment, greenlet, quiet_and_restored, write_report)

@@ -40,7 +40,8 @@ from lmforge.components.pretraining.models import build_bert, build_gpt, count_f
 from lmforge.components.pretraining.module import BertPretrainModule, GptPretrainModule  # noqa: E402
 from lmforge.components.pretraining.throughput import ThroughputLogger, measure_peak_flops  # noqa: E402
 from lmforge.components.pretraining.trainer import PretrainDataModule  # noqa: E402
-from lmforge.components.training.trainer import resolve_accelerator, unwrap  # noqa: E402
+from lmforge.components.training.distributed import resolve_accelerator  # noqa: E402
+from lmforge.components.training.trainer import unwrap  # noqa: E402
 from lmforge.components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer  # noqa: E402
 from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, best_trainer_settings, bf16_available,  # noqa: E402
                     environment, greenlet, quiet_and_restored, write_report)

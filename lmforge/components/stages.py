@@ -163,10 +163,12 @@ class PlannedStage:
     @property
     def processes(self) -> int:
         """How many processes its training runs in (1 for a stage without training)."""
-        from lmforge.components.training.trainer import processes
-
         train = TRAINING.get(self.name)
-        return processes(train(self.params)) if train else 1
+        if train is None:  # asked before every stage a flow runs: an ingest imports no torch for it
+            return 1
+        from lmforge.components.training.distributed import processes
+
+        return processes(train(self.params))
 
 
 def plan(dvc_name: str, cmd: str, params: Params) -> PlannedStage:

@@ -29,7 +29,8 @@ from lmforge.components.pretraining.throughput import ThroughputLogger, measure_
 from lmforge.components.tracking import mlflow_logger
 from lmforge.components.training.checkpoints import load_checkpoint, resumable
 from lmforge.components.training.run_record import read_run_record
-from lmforge.components.training.trainer import RunBookkeeping, build_trainer, resolve_accelerator, total_steps
+from lmforge.components.training.distributed import resolve_accelerator
+from lmforge.components.training.trainer import RunBookkeeping, build_trainer, total_steps
 
 log = logging.getLogger(__name__)
 

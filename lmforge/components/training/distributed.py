@@ -1,5 +1,6 @@
-"""What several processes need to agree on, written once: gathering every rank's objects, putting a
-sharded evaluation back in dataset order, and which process is the one that writes.
+"""What several processes need to agree on, written once: how many a run has, gathering every rank's
+objects, putting a sharded evaluation back in dataset order, and which process is the one that writes.
+Without Lightning: a flow asks how many processes a stage needs before it imports any training.
 
 Lightning runs the processes (DDP, FSDP, several nodes); with one process each function here
 returns what it was given, so the same code serves both.
@@ -7,9 +8,33 @@ returns what it was given, so the same code serves both.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from lmforge.components.config import TrainConfig
+
+
+def resolve_accelerator(name: str) -> str:
+    if name != "auto":
+        return name
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def processes(cfg: TrainConfig) -> int:
+    """How many processes Lightning will run for `cfg` (devices x num_nodes), as it counts devices."""
+    devices = cfg.devices
+    if devices in ("auto", -1, "-1"):
+        per_node = torch.cuda.device_count() if resolve_accelerator(cfg.accelerator) == "gpu" else 1
+    elif isinstance(devices, int):
+        per_node = devices
+    elif devices.strip().isdigit():
+        per_node = int(devices)
+    else:  # "0,1": a list of device indices
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    return max(1, per_node) * cfg.num_nodes
 
 
 def world() -> tuple[int, int]:

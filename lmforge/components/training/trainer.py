@@ -32,27 +32,8 @@ from lmforge.components.errors import LmforgeError
 from lmforge.components.tracking import DataUsed, flatten_params, log_data
 from lmforge.components.training.attention import sdpa_twin
 from lmforge.components.training.checkpoints import AtomicCheckpointIO, load_checkpoint
+from lmforge.components.training.distributed import resolve_accelerator
 from lmforge.components.training.run_record import RunRecord, write_run_record
-
-
-def resolve_accelerator(name: str) -> str:
-    if name != "auto":
-        return name
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
-def processes(cfg: TrainConfig) -> int:
-    """How many processes Lightning will run for `cfg` (devices x num_nodes), as it counts devices."""
-    devices = cfg.devices
-    if devices in ("auto", -1, "-1"):
-        per_node = torch.cuda.device_count() if resolve_accelerator(cfg.accelerator) == "gpu" else 1
-    elif isinstance(devices, int):
-        per_node = devices
-    elif devices.strip().isdigit():
-        per_node = int(devices)
-    else:  # "0,1": a list of device indices
-        per_node = len([d for d in devices.split(",") if d.strip()])
-    return max(1, per_node) * cfg.num_nodes
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
