@@ -13,11 +13,8 @@ import string
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from seqeval import metrics as seqeval
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from lmforge.components.data.schemas import GLUE_TASKS
+from lmforge.components.data.tasks import GLUE_TASKS
 from lmforge.components.errors import LmforgeError
 
 MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "pearson", "mrpc": "f1", "qqp": "f1",
@@ -34,6 +31,10 @@ def glue_metrics(task: str, predictions, references) -> dict[str, float]:
 
     Predictions are label ids (the argmax of the logits), or float scores for STS-B.
     """
+    # Imported here: a registration needs only main_metric, and these cost it ~2 s of a 9 s process.
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
     if task not in GLUE_TASKS:
         raise LmforgeError(f"unknown GLUE task {task!r}: expected one of {', '.join(GLUE_TASKS)}")
     predictions, references = np.asarray(predictions), np.asarray(references)
@@ -189,6 +190,8 @@ def find_best_threshold(predictions: Mapping[str, str], na_probs: Mapping[str, f
 def seqeval_metrics(true_tags: list[list[str]], pred_tags: list[list[str]]) -> dict:
     """Entity-level precision, recall and F1 (an entity counts only when its span and type both
     match), token accuracy, and the same per entity type; seqeval's default (conlleval) mode."""
+    from seqeval import metrics as seqeval  # imported here, as glue_metrics' libraries
+
     if len(true_tags) != len(pred_tags) or any(len(t) != len(p) for t, p in zip(true_tags, pred_tags)):
         raise LmforgeError("true_tags and pred_tags differ in shape: expected one predicted tag per gold tag")
     # zero_division=0 gives the values seqeval's default ("warn") gives, without the warning.
