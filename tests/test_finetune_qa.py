@@ -11,7 +11,8 @@ from lmforge.components.config import BertTokenizerConfig, DemoConfig, FinetuneC
 from lmforge.components.data.demo import build_demo
 from lmforge.components.errors import LmforgeError
 from lmforge.components.finetuning.metrics import squad_metrics
-from lmforge.components.finetuning.question_answering import answer, encode_qa
+from lmforge.components.finetuning.qa_answers import answer
+from lmforge.components.finetuning.question_answering import encode_qa
 from lmforge.components.finetuning.finetune import finetune
 from lmforge.components.pretraining.models import build_bert
 from lmforge.components.tokenizer import train_bert_tokenizer
@@ -121,3 +122,67 @@ def test_a_dataset_without_answers_fails_clearly(workspace, monkeypatch):
     with pytest.raises(LmforgeError, match=r"squad-no-answers \[train\] has no column\(s\) answers; "
                                            r"expected id, question, context, answers"):
         finetune_in(config(workspace), FinetuneRun(task="squad", dataset="squad-no-answers"), workspace)
+
+
+def requirement_closure(names: list[str]) -> set[str]:
+    """The distributions `pip install names` brings: each one's requirements, recursively (no extras)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen, todo = set(), [Requirement(n).name for n in names]
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:  # an optional one not installed here
+            continue
+        todo += [r.name for r in map(Requirement, requires) if r.marker is None or r.marker.evaluate({"extra": ""})]
+    return seen
+
+
+def test_a_served_qa_model_imports_only_what_its_requirements_install(workspace, tmp_path):
+    """A registered QA model is a pyfunc that runs lmforge's answer(); served from its requirements
+    (mlflow, transformers, torch, ...) it must not import datasets or Lightning, which answer's module
+    did (through the fine-tuning module): predict failed with "No module named 'datasets'"."""
+    import subprocess
+    import sys
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+    from transformers import AutoConfig, BertForQuestionAnswering
+
+    from lmforge.components.registry.packaging import pip_requirements
+
+    folder = tmp_path / "qa"
+    BertForQuestionAnswering(AutoConfig.from_pretrained(workspace / "models" / "bert-pretrained")).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(workspace / "models" / "bert-pretrained").save_pretrained(folder)
+    # First what serving any such model loads (MLflow's pyfunc, the model, its tokenizer, a forward pass,
+    # with whatever those import when installed), then what lmforge's answer() adds to it.
+    code = """
+import json, sys
+import mlflow.pyfunc
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+model, tokenizer = AutoModelForQuestionAnswering.from_pretrained(sys.argv[1]), AutoTokenizer.from_pretrained(sys.argv[1])
+model(**tokenizer("Where?", "Here.", return_tensors="pt"))
+before = set(sys.modules)
+from lmforge.components.serving import QuestionAnsweringModel
+served = QuestionAnsweringModel()
+served.load_context(type("Context", (), {"artifacts": {"model": sys.argv[1]}}))
+context = "Talia Brandt was born in Velmora in 1972."
+answers = served.predict(None, [{"question": "Where was Talia Brandt born?", "context": context}])
+print(json.dumps({"in_context": [a in context for a in answers],
+                  "added": sorted({m.split(".")[0] for m in set(sys.modules) - before})}))
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["in_context"] == [True]
+    allowed = requirement_closure(pip_requirements()) | {"lmforge"}  # lmforge travels as the model's code
+    owners = packages_distributions()
+    outside = {m: owners[m] for m in result["added"]
+               if m in owners and not {canonicalize_name(d) for d in owners[m]} & allowed}
+    assert not outside, f"imported beyond the model's requirements: {outside}"

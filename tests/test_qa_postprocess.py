@@ -8,7 +8,8 @@ from datasets import Dataset
 from transformers import BertTokenizer
 
 from lmforge.components.data.schemas import SQUAD_FEATURES
-from lmforge.components.finetuning.question_answering import postprocess_predictions, prepare_eval_features, prepare_train_features
+from lmforge.components.finetuning.qa_answers import postprocess_predictions, prepare_eval_features
+from lmforge.components.finetuning.question_answering import prepare_train_features
 
 MAX_LEN, STRIDE = 32, 8
 QUESTION = "Where did she open a bakery?"  # [CLS] + 7 tokens + [SEP]: 22 context tokens per window

@@ -20,7 +20,7 @@ class QuestionAnsweringModel(mlflow.pyfunc.PythonModel):
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
 
     def predict(self, context, model_input, params=None) -> list[str]:
-        from lmforge.components.finetuning.question_answering import answer
+        from lmforge.components.finetuning.qa_answers import answer
 
         if hasattr(model_input, "to_dict"):
             rows = model_input.to_dict("records")

@@ -26,7 +26,7 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 import torch
 
-from lmforge.components.config import TrackingConfig, TrainConfig
+from lmforge.components.config import TrainConfig
 from lmforge.components.console import through_root
 from lmforge.components.errors import LmforgeError
 from lmforge.components.tracking import DataUsed, flatten_params, log_data
