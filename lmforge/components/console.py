@@ -77,8 +77,15 @@ def configure(verbose: bool = False) -> None:
         logging.getLogger(name).addFilter(Quiet())
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "dvc.dvcfile"):  # "Creating tables", "Updating lock file"
         logging.getLogger(name).setLevel(logging.WARNING)
-    # datasets draws a bar per .map and per save_to_disk, transformers one per save_pretrained ("Writing
-    # model shards"); the stage's own bar is the one to watch. Both libraries may be imported already.
+    quiet_library_bars()
+
+
+def quiet_library_bars() -> None:
+    """datasets draws a bar per .map and per save_to_disk, transformers one per save_pretrained ("Writing
+    model shards"), MLflow one per artifact download; the stage's own bar is the one to watch. Both HF
+    libraries may be imported already. `configure` calls this for the CLI; a flow calls it too, for the
+    runs Prefect starts itself (a worker's, `lmforge serve`'s), where the CLI never ran."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import huggingface_hub.utils
 
     huggingface_hub.utils.disable_progress_bars()
