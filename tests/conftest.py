@@ -63,6 +63,12 @@ def tokenizers_dir(tmp_path_factory) -> Path:
     return root
 
 
+def shell_env() -> dict[str, str]:
+    """This environment as a shell would start a command: without what a quiet lmforge run in this test
+    process set for the processes it starts (datasets' bars off)."""
+    return {k: v for k, v in os.environ.items() if k != "HF_DATASETS_DISABLE_PROGRESS_BARS"}
+
+
 # ------------------------------------------------------------------ one Prefect server per test process
 
 

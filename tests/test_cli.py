@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 import threading
@@ -7,7 +6,7 @@ import pytest
 import yaml
 
 from lmforge.components.cli import main
-from tests.conftest import REPO
+from tests.conftest import REPO, shell_env
 
 
 def test_params_prints_effective_values(capsys):
@@ -15,12 +14,6 @@ def test_params_prints_effective_values(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["tokenizer"]["bert"]["vocab_size"] == 1234
     assert printed["ingest"]["demo"]["enabled"] is True
-
-
-def shell_env() -> dict[str, str]:
-    """This environment as a shell would start a command: without what a quiet lmforge run in this test
-    process set for the processes it starts (datasets' bars off)."""
-    return {k: v for k, v in os.environ.items() if k != "HF_DATASETS_DISABLE_PROGRESS_BARS"}
 
 
 def test_params_imports_no_data_or_training_library():

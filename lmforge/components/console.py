@@ -65,10 +65,9 @@ def configure(verbose: bool = False) -> None:
     logging.basicConfig(level=level, handlers=[console])
     logging.captureWarnings(True)  # warnings through logging: the console filters them, the log file keeps them
     # MLflow gives its loggers a handler of its own on import (bypassing the filter and the log file)
-    # unless told not to, and draws a bar per artifact download.
+    # unless told not to.
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if verbose or level == "DEBUG":
+    if verbose or debugging():
         return
     console.addFilter(Quiet())
     # Libraries that print through handlers of their own (not the root's): their loggers' filters
@@ -78,6 +77,13 @@ def configure(verbose: bool = False) -> None:
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "dvc.dvcfile"):  # "Creating tables", "Updating lock file"
         logging.getLogger(name).setLevel(logging.WARNING)
     quiet_library_bars()
+
+
+def debugging() -> bool:
+    """Whether this process logs at DEBUG (`lmforge -v`, LMFORGE_LOG_LEVEL=DEBUG): every library's output
+    then stays on, their bars too."""
+    return (os.environ.get("LMFORGE_LOG_LEVEL", "").upper() == "DEBUG"
+            or logging.getLogger().getEffectiveLevel() <= logging.DEBUG)
 
 
 def quiet_library_bars() -> None:

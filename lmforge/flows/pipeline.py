@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
-import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -201,9 +200,9 @@ def run_flow(flow_name: str, params: Params, patterns: list[str], force: bool, w
     """Plan, run and summarise one flow's part of the graph, tracked as one MLflow parent run."""
     from prefect.runtime import flow_run
 
-    from lmforge.components.console import log_file, quiet_library_bars
+    from lmforge.components.console import debugging, log_file, quiet_library_bars
 
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # as `lmforge -v` leaves them on
+    if not debugging():  # as the CLI leaves them: a run Prefect starts itself never went through it
         quiet_library_bars()
 
     # Everything this flow run logs, unfiltered (the console shows a line per stage): runs/<flow run>/log.txt.

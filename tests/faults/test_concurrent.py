@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_project, run_stage_in, sh
+from tests.conftest import REPO, make_project, run_stage_in, sh, shell_env
 
 # A child process: register one candidate (a JSON spec) as a version of a shared registered model.
 REGISTER_ONE = textwrap.dedent("""
@@ -26,7 +26,7 @@ REGISTER_ONE = textwrap.dedent("""
 
 
 def child_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    return {**shell_env(), "PYTHONPATH": str(REPO), "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
 
 
 def test_registrations_of_one_model_at_once_keep_every_version_and_the_best_champion(tmp_path, tokenizers_dir):
@@ -136,9 +136,7 @@ def test_three_finetune_flows_at_once_record_every_run_version_and_stage(tmp_pat
     for stage in ("ingest", "tokenizer", "pretrain-bert"):
         run_stage_in(root, stage)
     sh("dvc", "commit", "-f", "ingest", "tokenizer", "pretrain-bert", cwd=root)
-    # As a shell starts them: without the variable a quiet run in this test process set for its children.
-    env = {k: v for k, v in child_env().items() if k != "HF_DATASETS_DISABLE_PROGRESS_BARS"}
-    env["PREFECT_API_URL"] = prefect_api
+    env = {**child_env(), "PREFECT_API_URL": prefect_api}  # as a shell starts them (conftest.shell_env)
     flow = "import sys; from lmforge.flows.pipeline import finetune; finetune(tasks=[sys.argv[1]], params_file='params.yaml')"
     children = {task: subprocess.Popen([sys.executable, "-c", flow, task], cwd=root, env=env,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

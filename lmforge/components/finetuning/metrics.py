@@ -31,12 +31,12 @@ def glue_metrics(task: str, predictions, references) -> dict[str, float]:
 
     Predictions are label ids (the argmax of the logits), or float scores for STS-B.
     """
+    if task not in GLUE_TASKS:
+        raise LmforgeError(f"unknown GLUE task {task!r}: expected one of {', '.join(GLUE_TASKS)}")
     # Imported here: a registration needs only main_metric, and these cost it ~2 s of a 9 s process.
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-    if task not in GLUE_TASKS:
-        raise LmforgeError(f"unknown GLUE task {task!r}: expected one of {', '.join(GLUE_TASKS)}")
     predictions, references = np.asarray(predictions), np.asarray(references)
     if task == "stsb":  # a regression head predicts shape (n, 1)
         predictions, references = predictions.reshape(-1), references.reshape(-1)
@@ -159,7 +159,7 @@ def find_best_threshold(predictions: Mapping[str, str], na_probs: Mapping[str, f
 
     A question is answered "" when its na_prob is above the threshold. `na_probs` is any score
     where higher means "more likely unanswerable", e.g. the null-score differences that
-    `question_answering.postprocess_predictions` returns; `predictions` should then be its best non-null answers
+    `qa_answers.postprocess_predictions` returns; `predictions` should then be its best non-null answers
     (postprocess with `null_score_diff_threshold=float("inf")`) so each threshold can be tried.
     Returns best_exact, best_exact_thresh, best_f1, best_f1_thresh (scores in percent).
     """

@@ -1,19 +1,19 @@
 """Extractive QA (SQuAD v1.1 and v2.0): training windows and their labels, the splits' loaders and
 scores, and the fine-tuning module.
 
-Pre- and post-processing behave as transformers' run_qa.py + utils_qa.py. A context longer than one
-window is split into overlapping windows (features); each window is [CLS] question [SEP]
-context-piece [SEP]. Training labels are the answer's first and last token in a window, or the [CLS]
-token (index 0) where the window does not hold the whole answer. Post-processing takes the
-best-scoring span over every window of an example and maps it back to characters of the context; for
-SQuAD v2 it weighs that span against the "no answer" score. Both feature functions are for
-`datasets.map(batched=True, remove_columns=...)`; rows are not padded: the collator pads each batch.
+A context longer than one window is split into overlapping windows (features); each window is [CLS]
+question [SEP] context-piece [SEP]. Training labels are the answer's first and last token in a window,
+or the [CLS] token (index 0) where the window does not hold the whole answer, as transformers' run_qa.py
+labels them. The feature functions are for `datasets.map(batched=True, remove_columns=...)`; rows are
+not padded: the collator pads each batch.
 
 Validation cannot be scored per window: every validation pass gathers the start/end logits of all
 windows, turns them into one answer per question (postprocess_predictions) and scores those with the
 official SQuAD F1, so early stopping and the best checkpoint follow the real metric.
 
-Evaluation windows and post-processing live in qa_answers.py, which a served model runs too.
+Evaluation windows and post-processing (the best-scoring span over every window of an example, back
+in characters of the context; for SQuAD v2 weighed against the "no answer" score) live in
+qa_answers.py, which a served model runs too.
 """
 
 from __future__ import annotations
