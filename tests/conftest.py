@@ -63,6 +63,16 @@ def tokenizers_dir(tmp_path_factory) -> Path:
     return root
 
 
+def fresh_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """What `python -c code args` prints in a new interpreter: for what a process imports on its own,
+    which this test process, with everything imported already, cannot show."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
+                          env=env).stdout
+
+
 def shell_env() -> dict[str, str]:
     """This environment as a shell would start a command: without what a quiet lmforge run in this test
     process set for the processes it starts (datasets' bars off)."""

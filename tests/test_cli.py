@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from lmforge.components.cli import main
-from tests.conftest import REPO, shell_env
+from tests.conftest import REPO, fresh_python, shell_env
 
 
 def test_params_prints_effective_values(capsys):
@@ -27,8 +27,7 @@ print("loaded", sorted(m for m in ("datasets", "torch", "transformers", "mlflow"
 import datasets
 print("bars", datasets.is_progress_bar_enabled())
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=shell_env())
-    assert done.stdout.splitlines()[-2:] == ["loaded []", "bars False"]
+    assert fresh_python(code, env=shell_env()).splitlines()[-2:] == ["loaded []", "bars False"]
 
 
 def test_user_error_is_one_line_exit_2_no_traceback():

@@ -151,13 +151,11 @@ def test_seqeval_default_mode_starts_entities_at_a_bare_I():
 def test_the_main_metric_of_a_task_loads_no_metric_library():
     """A registration asks only for the metric's name: scipy, scikit-learn and seqeval cost it ~2 s
     of a 9 s process when metrics.py imported them at the top."""
-    import subprocess
-    import sys
+    from tests.conftest import fresh_python
 
     code = """
 import sys
 from lmforge.components.finetuning.metrics import main_metric
 print(main_metric("stsb"), sorted(m for m in ("scipy", "sklearn", "seqeval", "datasets") if m in sys.modules))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["pearson", "[]"]
+    assert fresh_python(code).split() == ["pearson", "[]"]

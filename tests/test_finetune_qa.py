@@ -16,7 +16,7 @@ from lmforge.components.finetuning.question_answering import encode_qa
 from lmforge.components.finetuning.finetune import finetune
 from lmforge.components.pretraining.models import build_bert
 from lmforge.components.tokenizer import train_bert_tokenizer
-from tests.conftest import init_dir
+from tests.conftest import fresh_python, init_dir
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2)
 OFF = TrackingConfig(enabled=False)
@@ -149,8 +149,6 @@ def test_a_served_qa_model_imports_only_what_its_requirements_install(workspace,
     """A registered QA model is a pyfunc that runs lmforge's answer(); served from its requirements
     (mlflow, transformers, torch, ...) it must not import datasets or Lightning, which answer's module
     did (through the fine-tuning module): predict failed with "No module named 'datasets'"."""
-    import subprocess
-    import sys
     from importlib.metadata import packages_distributions
 
     from packaging.utils import canonicalize_name
@@ -179,8 +177,7 @@ answers = served.predict(None, [{"question": "Where was Talia Brandt born?", "co
 print(json.dumps({"in_context": [bool(a) and a in context for a in answers],
                   "added": sorted({m.split(".")[0] for m in set(sys.modules) - before})}))
 """
-    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout.splitlines()[-1])
+    result = json.loads(fresh_python(code, str(folder)).splitlines()[-1])
     assert result["in_context"] == [True]
     allowed = requirement_closure(pip_requirements()) | {"lmforge"}  # lmforge travels as the model's code
     owners = packages_distributions()

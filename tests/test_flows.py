@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import make_project, sh
+from tests.conftest import fresh_python, make_project, sh
 
 pytestmark = pytest.mark.slow
 
@@ -229,9 +229,6 @@ def test_a_flow_asks_how_many_processes_a_stage_needs_without_importing_lightnin
     """Before each stage a flow asks how many processes its training runs in: 1 for an ingest without
     importing anything, devices x nodes for a training stage without importing Lightning (which took a
     no-op `retrain` run, re-ingesting unchanged data, from 15 to 22 s)."""
-    import subprocess
-    import sys
-
     code = """
 import sys
 from lmforge.components.config import Params
@@ -240,5 +237,4 @@ params = Params.model_validate({"pretrain": {"bert": {"train": {"devices": 2, "n
 print(PlannedStage("ingest", STAGES["ingest"], params, "ingest").processes, "torch" in sys.modules)
 print(PlannedStage("pretrain-bert", STAGES["pretrain-bert"], params, "pretrain-bert").processes, "lightning" in sys.modules)
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["1", "False", "4", "False"]
+    assert fresh_python(code).split() == ["1", "False", "4", "False"]
