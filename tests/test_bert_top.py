@@ -122,13 +122,40 @@ def test_regression_loss_keeps_the_gold_scores_in_fp32_under_bf16_autocast():
     assert module({k: v for k, v in inputs.items() if k != "labels"}).loss is None
 
 
+class _Step(torch.nn.Module):
+    """As Lightning wraps the module: the step runs inside the root's forward."""
+
+    def __init__(self, module, metric: str):
+        super().__init__()
+        self.module, self.metric = module, metric
+
+    def forward(self, inputs):
+        return self.module.totals(inputs)[self.metric][0]
+
+
+def _sharded_loss(module, metric: str, inputs: dict, block: type) -> tuple[float, float, torch.nn.Module]:
+    """The loss of `module` alone, and with each `block` its own FSDP unit (as the pretraining trainer
+    shards it), after that one's backward."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    expected = module.totals(inputs)[metric][0]
+    sharded = FullyShardedDataParallel(_Step(module, metric), auto_wrap_policy=ModuleWrapPolicy({block}),
+                                       use_orig_params=True, device_id=torch.device("cpu"))
+    got = sharded(inputs)
+    got.backward()
+    return float(expected), float(got), sharded
+
+
 def _fsdp_rank(rank: int, port: int, results) -> None:
     import os
 
     import torch.distributed as dist
-    from torch.distributed.fsdp import FullyShardedDataParallel
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.models.bert.modeling_bert import BertLayer
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+    from lmforge.components.pretraining.module import GptPretrainModule
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -140,22 +167,17 @@ def _fsdp_rank(rank: int, port: int, results) -> None:
         labels = torch.full_like(ids, -100)
         labels[:, 3] = ids[:, 3]
         inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels}
-        expected = module.totals(inputs)["mlm_loss"][0]
+        expected, got, _ = _sharded_loss(module, "mlm_loss", inputs, BertLayer)
 
-        class Step(torch.nn.Module):  # as Lightning wraps the module: the step runs inside the root's forward
-            def __init__(self):
-                super().__init__()
-                self.module = module
-
-            def forward(self, inputs):
-                return self.module.totals(inputs)["mlm_loss"][0]
-
-        # As the pretraining trainer shards it: each BertLayer its own FSDP unit.
-        sharded = FullyShardedDataParallel(Step(), auto_wrap_policy=ModuleWrapPolicy({BertLayer}),
-                                           use_orig_params=True, device_id=torch.device("cpu"))
-        got = sharded(inputs)
-        got.backward()
-        results[rank] = (float(expected), float(got))
+        # GPT's fused vocabulary head (`training.linear_ce`) reads the tied embedding, a root parameter,
+        # beside blocks that are their own units: the same loss, and it trains.
+        torch.manual_seed(0)
+        gpt = GPT2LMHeadModel._from_config(GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=32),
+                                           attn_implementation="sdpa")
+        gpt_expected, gpt_got, sharded = _sharded_loss(GptPretrainModule(gpt, TrainConfig()).eval(), "loss",
+                                                       {"input_ids": ids, "labels": ids}, GPT2Block)
+        grad = sharded.module.module.model.transformer.wte.weight.grad
+        results[rank] = (expected, got, gpt_expected, gpt_got, float(grad.abs().sum()))
     except Exception as error:  # reported to the test, not lost in the child
         results[rank] = repr(error)
     finally:
@@ -176,5 +198,6 @@ def test_fsdp_sharded_layers_take_the_full_forward_and_train():
     mp.spawn(_fsdp_rank, args=(port, results), nprocs=2)
     for rank in (0, 1):
         assert not isinstance(results[rank], str), results[rank]
-        expected, got = results[rank]
+        expected, got, gpt_expected, gpt_got, gpt_grad = results[rank]
         assert got == pytest.approx(expected, rel=1e-5)
+        assert gpt_got == pytest.approx(gpt_expected, rel=1e-5) and gpt_grad > 0

@@ -20,6 +20,7 @@ from lmforge.components.errors import LmforgeError
 from lmforge.components.finetuning.metrics import glue_metrics
 from lmforge.components.finetuning.training import PAD_MULTIPLE, FinetuneModule, padded_loader, with_lengths
 from lmforge.components.training import bert_top
+from lmforge.components.training.linear_ce import linear_cross_entropy
 
 
 def encode_glue(data: Dataset, task: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
@@ -100,9 +101,10 @@ def causal_lm_loss(hidden: torch.Tensor, embeddings: torch.Tensor, input_ids: to
                    attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross entropy over the real (unpadded) tokens, through the tied output
     projection (the last hidden state is GPT-2's, after its final layer norm)."""
-    logits = hidden[:, :-1] @ embeddings.T
-    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100).flatten()
+    # The vocabulary projection fused into the loss (`training.linear_ce`): no (batch, length, vocab) logits.
+    loss, _ = linear_cross_entropy(hidden[:, :-1].flatten(0, 1), embeddings, targets)
+    return loss / (targets != -100).sum().clamp(min=1)
 
 
 def predict(logits: torch.Tensor, regression: bool) -> torch.Tensor:

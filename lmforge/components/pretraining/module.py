@@ -19,7 +19,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from transformers import BartForConditionalGeneration, GPT2LMHeadModel
+
 from lmforge.components.training import bert_top
+from lmforge.components.training.linear_ce import linear_cross_entropy
 from lmforge.components.training.module import TrainingModule
 
 Totals = dict[str, tuple[torch.Tensor, torch.Tensor]]  # metric -> (sum, count)
@@ -146,11 +149,15 @@ class GptPretrainModule(PretrainModule):
     stage_name = "pretrain-gpt"
 
     def totals(self, batch: dict) -> Totals:
-        logits = self.model(input_ids=batch["input_ids"]).logits
         # Shift the labels, not the logits: slicing (batch, block, vocab) logits copied them, 10-15 % of a
         # tiny GPT's step (measured); the last position has no next token to predict.
-        labels = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
-        return {"loss": summed(logits.flatten(0, 1), labels.flatten())}
+        labels = F.pad(batch["labels"][:, 1:], (0, 1), value=-100).flatten()
+        if not plain(self.model, GPT2LMHeadModel):
+            return {"loss": summed(self.model(input_ids=batch["input_ids"]).logits.flatten(0, 1), labels)}
+        # The vocabulary head fused into the loss (`training.linear_ce`): no (batch, block, vocab) logits.
+        hidden = self.model.transformer(input_ids=batch["input_ids"], use_cache=False)[0]
+        loss, _ = linear_cross_entropy(hidden.flatten(0, 1), self.model.lm_head.weight, labels)
+        return {"loss": (loss, (labels != -100).sum())}
 
 
 class Seq2SeqPretrainModule(PretrainModule):
@@ -160,8 +167,22 @@ class Seq2SeqPretrainModule(PretrainModule):
 
     def totals(self, batch: dict) -> Totals:
         labels = batch["labels"]
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=labels)).logits
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "decoder_input_ids": self.model.prepare_decoder_input_ids_from_labels(labels=labels)}
         chosen = labels != -100
-        logits, targets = logits[chosen], labels[chosen]
-        return {"loss": summed(logits, targets), "accuracy": correct(logits, targets)}
+        targets = labels[chosen]
+        if not plain(self.model, BartForConditionalGeneration):
+            logits = self.model(**inputs).logits[chosen]
+            return {"loss": summed(logits, targets), "accuracy": correct(logits, targets)}
+        # The vocabulary head fused into the loss, as GPT's above; BART adds a fixed (buffer) bias.
+        hidden = self.model.model(**inputs, use_cache=False)[0][chosen]
+        loss, right = linear_cross_entropy(hidden, self.model.lm_head.weight, targets, self.model.final_logits_bias[0])
+        count = torch.tensor(targets.numel(), device=targets.device)
+        return {"loss": (loss, count), "accuracy": (right, count)}
+
+
+def plain(model: torch.nn.Module, cls: type) -> bool:
+    """`model` is `cls` itself with a bias-free linear head: not compiled (torch.compile wraps it and
+    fuses the loss itself) nor given another class by FSDP2."""
+    head = getattr(model, "lm_head", None)
+    return type(model) is cls and type(head) is torch.nn.Linear and head.bias is None
