@@ -68,15 +68,18 @@ def _chunks(hidden, weight, labels, bias, with_grads: bool):
                 logits += bias.float()
             valid = target != IGNORE
             safe = target.masked_fill(~valid, 0)[:, None]
-            right += ((logits.argmax(-1) == target) & valid).sum()
-            lse = torch.logsumexp(logits, -1)
-            loss += ((lse - logits.gather(1, safe).squeeze(1)) * valid).sum()
+            # The log-sum-exp by hand, in place: its exponentials are the softmax the gradient needs, and
+            # each pass over the chunk is one of memory (torch.logsumexp would write a copy first).
+            top, best = logits.max(-1, keepdim=True)
+            right += ((best.squeeze(1) == target) & valid).sum()
+            picked = logits.gather(1, safe)
+            sums = logits.sub_(top).exp_().sum(-1, keepdim=True)
+            loss += ((top + sums.log() - picked).squeeze(1) * valid).sum()
             if not with_grads:
                 continue
-            # d loss / d logits = softmax - one-hot, zero on ignored rows; in place, in the logits' memory.
-            grad = logits.sub_(lse[:, None]).exp_()
+            # d loss / d logits = softmax - one-hot, zero on ignored rows; in the logits' memory.
+            grad = logits.mul_(valid[:, None] / sums)
             grad.scatter_add_(1, safe, -valid.to(grad.dtype)[:, None])
-            grad.mul_(valid[:, None])
             grad = grad.to(compute)
             if compute == hidden.dtype:
                 torch.mm(grad, w, out=grad_hidden[start:start + rows])
