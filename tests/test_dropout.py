@@ -92,3 +92,10 @@ def test_training_module_swaps_every_dropout_of_the_model_and_keeps_its_p():
     compiled = BertForSequenceClassification(config)
     TrainingModule(compiled, TrainConfig(compile=True))  # inductor fuses dropout itself
     assert not any(isinstance(m, FastDropout) for m in compiled.modules())
+
+
+def test_the_backward_keeps_the_mask_as_one_byte_an_element():
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        FastDropout(0.1).train()(torch.randn(1000, requires_grad=True))
+    assert [(t.dtype, t.numel()) for t in saved] == [(torch.bool, 1000)]

@@ -32,10 +32,18 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: to
     if not uses_own_dropout(query, dropout):
         return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
                                                                 is_causal=is_causal, scale=scaling)
-    scores = torch.matmul(query, key.transpose(-1, -2)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
-    if is_causal:
-        mask = torch.ones(query.size(-2), key.size(-2), dtype=torch.bool, device=query.device).tril()
-    if mask is not None:  # finfo.min, not -inf: a row with every key masked softmaxes to uniform, not NaN
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    if is_causal:  # the mask added inside the scores' matmul (as its `beta * input`), scaled there too:
+        # one pass over the (batch, heads, queries, keys) scores fewer each way than a matmul, a scaling and a
+        # masked_fill (finfo.min, not -inf: the same zero weight, and no NaN where a whole row is masked)
+        t, s = query.size(-2), key.size(-2)
+        causal = torch.full((t, s), torch.finfo(query.dtype).min, dtype=query.dtype, device=query.device).triu(1)
+        scores = torch.baddbmm(causal, query.flatten(0, 1), key.flatten(0, 1).transpose(-1, -2), alpha=scaling)
+        scores = scores.view(*query.shape[:-1], s)
+        mask = None
+    else:
+        scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     out = torch.matmul(_Dropout.apply(weights, dropout), value)

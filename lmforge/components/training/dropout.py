@@ -4,8 +4,9 @@ Written by hand because torch's CPU dropout draws one `bernoulli_` number per el
 thread (py-spy: 22 % of a `mini` fine-tuning forward); here one 64-bit draw from the same
 generator decides four elements (16 random bits each), so the keep probability is 1 - p to within
 1/65536, and a seeded or resumed run draws the same masks as before it stopped. The mask is kept
-for the backward as those 16-bit draws (2 bytes an element), not as floats. Anywhere but CPU (CUDA's
-dropout is a fused kernel) it is torch's own.
+for the backward as booleans (1 byte an element, not a float's 4; keeping the 16-bit draws instead
+cost a comparison more per backward). Anywhere but CPU (CUDA's dropout is a fused kernel) it is
+torch's own.
 """
 
 from __future__ import annotations
@@ -23,24 +24,29 @@ def draws(shape: torch.Size, device: torch.device | None = None) -> torch.Tensor
     return bits.view(torch.int16)[:n].view(shape)
 
 
-def dropped(values: torch.Tensor, drawn: torch.Tensor, p: float) -> torch.Tensor:
-    """values / (1 - p) where a draw keeps its element (probability 1 - p), else 0."""
+def kept(shape: torch.Size, p: float, device: torch.device | None = None) -> torch.Tensor:
+    """A bool mask of `shape`, each element true with probability 1 - p."""
     # round(p * 65536) of the 65536 int16 values drop: those below the threshold
-    return torch.where(drawn >= round(p * 65536) - 32768, values, 0.0).mul_(1.0 / (1.0 - p))
+    return draws(shape, device) >= round(p * 65536) - 32768
+
+
+def dropped(values: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
+    """values / (1 - p) where `keep`, else 0."""
+    return torch.where(keep, values, 0.0).mul_(1.0 / (1.0 - p))
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        drawn = draws(x.shape, x.device)
-        ctx.save_for_backward(drawn)
+        keep = kept(x.shape, p, x.device)
+        ctx.save_for_backward(keep)
         ctx.p = p
-        return dropped(x, drawn, p)
+        return dropped(x, keep, p)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (drawn,) = ctx.saved_tensors
-        return dropped(grad, drawn, ctx.p), None
+        (keep,) = ctx.saved_tensors
+        return dropped(grad, keep, ctx.p), None
 
 
 class FastDropout(torch.nn.Dropout):
