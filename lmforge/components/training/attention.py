@@ -33,13 +33,14 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: to
         return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
                                                                 is_causal=is_causal, scale=scaling)
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
-    if is_causal:  # the mask added inside the scores' matmul (as its `beta * input`), scaled there too:
-        # one pass over the (batch, heads, queries, keys) scores fewer each way than a matmul, a scaling and a
-        # masked_fill (finfo.min, not -inf: the same zero weight, and no NaN where a whole row is masked)
+    if is_causal or mask is None:  # the scaling, and a causal mask as its `beta * input`, inside the scores'
+        # matmul: one pass over the (batch, heads, queries, keys) scores fewer each way per step saved (finfo.min,
+        # not -inf: the same zero weight, and no NaN where a whole row is masked)
         t, s = query.size(-2), key.size(-2)
-        causal = torch.full((t, s), torch.finfo(query.dtype).min, dtype=query.dtype, device=query.device).triu(1)
-        scores = torch.baddbmm(causal, query.flatten(0, 1), key.flatten(0, 1).transpose(-1, -2), alpha=scaling)
-        scores = scores.view(*query.shape[:-1], s)
+        bias = (torch.full((t, s), torch.finfo(query.dtype).min, dtype=query.dtype, device=query.device).triu(1)
+                if is_causal else query.new_zeros(()).expand(t, s))
+        scores = torch.baddbmm(bias, query.flatten(0, 1), key.flatten(0, 1).transpose(-1, -2), beta=float(is_causal),
+                               alpha=scaling).view(*query.shape[:-1], s)
         mask = None
     else:
         scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
