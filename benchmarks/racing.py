@@ -88,6 +88,7 @@ class Clock:
         self.turns, self.total, self.warmup, self.window = turns, total, warmup, window
         self.done, self.steps, self.tokens, self.positions, self.sequences, self.seconds = 0, 0, 0, 0, 0, 0.0
         self.losses: list[torch.Tensor] = []
+        self.step_seconds: list[float] = []  # each timed step's: their median shrugs off a burst of outside load
         self.start, self.created, self.warmup_seconds = None, time.perf_counter(), 0.0
 
     def step_end(self, batch: dict, loss: torch.Tensor) -> None:
@@ -95,7 +96,8 @@ class Clock:
         self.done += 1
         if self.start is not None:
             _sync()
-            self.seconds += time.perf_counter() - self.start
+            self.step_seconds.append(time.perf_counter() - self.start)
+            self.seconds += self.step_seconds[-1]
             tokens, positions, sequences = tokens_of(batch)
             self.steps, self.tokens = self.steps + 1, self.tokens + tokens
             self.positions, self.sequences = self.positions + positions, self.sequences + sequences

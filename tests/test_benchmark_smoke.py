@@ -48,6 +48,7 @@ def test_pretrain_benchmark_races_both_trainer_setups_on_a_users_text_files(tmp_
                                       f"Trainer best eager {precision}"}
         for name, row in result["rows"].items():
             assert row["timed_steps"] == 2 and row["tokens_per_s"] > 0 and row["timed_seconds"] > 0
+            assert 0 < row["median_step_seconds"] <= row["timed_seconds"] and row["tokens_per_s_median"] > 0
             assert row["final_loss"] > 0 and row["heldout_loss"] > 0
             assert set(row["heldout_loss_by_format"]) == {"lmforge_format", "reference_format"}
             assert set(row["mfu"]) == set(report["peak_flops"]) and all(v > 0 for v in row["mfu"].values())
@@ -59,6 +60,8 @@ def test_pretrain_benchmark_races_both_trainer_setups_on_a_users_text_files(tmp_
         ratio = result["vs_strongest"][f"lmforge {precision}"]
         lmforge = result["rows"][f"lmforge {precision}"]
         assert ratio["speedup"] == lmforge["tokens_per_s"] / strongest["tokens_per_s"]
+        fastest_median = max(r["tokens_per_s_median"] for r in result["rows"].values() if r["side"] == "trainer")
+        assert ratio["speedup_median_step"] == lmforge["tokens_per_s_median"] / fastest_median
         assert result["best"] == f"lmforge {precision}" and result["speedup"] == ratio["speedup"]
     # The best Trainer trains on lmforge's own GPT blocks: the same tokens per step.
     gpt = report["results"]["gpt"]["rows"]
