@@ -247,14 +247,14 @@ def bench_model(kind: str, args, model_cfg: ModelConfig, corpus, peaks: dict, pr
         mean_len = clock.positions / max(clock.sequences, 1)
         # Useful FLOPs per trained token: the defaults reference projects every position onto the vocabulary.
         flops = count_flops_per_token(model, mean_len) if name == REFERENCE else flops_for(model, mean_len)
-        speed = clock.tokens / clock.seconds
+        speed, per_step = clock.tokens / clock.seconds, clock.tokens / max(clock.steps, 1)
+        median_step = statistics.median(clock.step_seconds)
         losses = {fmt: heldout_loss(model, kind, batches) for fmt, batches in heldout.items()}
         rows[name] = {
             "tokens_per_s": speed, "timed_steps": clock.steps, "timed_seconds": clock.seconds,
-            "warmup_seconds": clock.warmup_seconds, "tokens_per_step": clock.tokens / max(clock.steps, 1),
-            "median_step_seconds": statistics.median(clock.step_seconds),
+            "warmup_seconds": clock.warmup_seconds, "tokens_per_step": per_step, "median_step_seconds": median_step,
             # every step has the same tokens here (full blocks), so this is the speed of the median step
-            "tokens_per_s_median": clock.tokens / max(clock.steps, 1) / statistics.median(clock.step_seconds),
+            "tokens_per_s_median": per_step / median_step,
             "mean_sequence_length": mean_len, "final_loss": clock.final_loss(),
             "heldout_loss": sum(losses.values()) / len(losses), "heldout_loss_by_format": losses,
             "flops_per_token": flops, "mfu": {p: speed * flops / peak for p, peak in peaks.items()},

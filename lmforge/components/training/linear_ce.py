@@ -13,8 +13,6 @@ that fuse this (Liger-Kernel, Apple's cut-cross-entropy) are Triton kernels, GPU
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 IGNORE = -100
@@ -59,7 +57,7 @@ def _chunks(hidden, weight, labels, bias, with_grads: bool):
     right = torch.zeros((), dtype=torch.long, device=hidden.device)
     grad_hidden = torch.empty_like(hidden) if with_grads else None
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grads else None
-    with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext():
+    with torch.autocast(device, enabled=False):
         w = weight.detach().to(compute)
         for start in range(0, hidden.shape[0], rows):
             h, target = hidden[start:start + rows].detach().to(compute), labels[start:start + rows]
