@@ -177,9 +177,9 @@ def server_ready(stages_at_once: bool = False) -> None:
     """Without a Prefect server (no PREFECT_API_URL), a flow starts Prefect's temporary one and waits
     ~4 s for it; boot it in the background while this process imports what the stages need (~5 s),
     instead of one after the other. The flow's client then finds it running (one server per process).
-    `stages_at_once`: the flow will run every stage in a worker process; start their fork server now,
-    whose imports (~12 s, one core) the first stages would otherwise wait for (measured: both demo
-    pretrainings began training 14 s after they were started), and import nothing more here."""
+    `stages_at_once`: start the stages' fork server now too, whose imports (~12 s, one core) the first
+    stages started beside each other would otherwise wait for (measured: both demo pretrainings began
+    training 14 s after they were started)."""
     import threading
 
     if stages_at_once:
@@ -204,8 +204,7 @@ def server_ready(stages_at_once: bool = False) -> None:
     thread = threading.Thread(target=boot, name="prefect-server", daemon=True)
     thread.start()
     try:
-        if not stages_at_once:  # the stages run here: what every training stage imports
-            import datasets, lightning, torch, transformers  # noqa: F401, E401
+        import datasets, lightning, torch, transformers  # noqa: F401, E401 - what every training stage imports
     finally:  # even on Ctrl-C: the server is up and registered to stop at exit, not left behind
         thread.join()
     if failed:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -102,14 +101,6 @@ def plan(params: Params, patterns: list[str], with_upstream: bool = False) -> li
     return [Step(S.plan(s.name, s.cmd, params), s.upstream & chosen) for s in graph if s.name in chosen]
 
 
-def overlapping(steps: list[Step], stale: dict[str, list[str]] | None) -> bool:
-    """Whether two of the steps known to run from the start (`stale`: what `dvc status` listed; None: every
-    step) may run at once: neither waits for the other."""
-    first = [s for s in steps if stale is None or s.stage.dvc_name in stale]
-    return any(a.stage.dvc_name not in b.upstream and b.stage.dvc_name not in a.upstream
-               for a, b in itertools.combinations(first, 2))
-
-
 def run_all(steps: list[Step], params: Params, force: bool, log_path: Path | None = None) -> list[StageOutcome]:
     """Run the steps in order, or up to orchestration.max_parallel_stages at a time, each once the
     stages it depends on have finished and are recorded in dvc.lock (recording runs beside the next
@@ -146,7 +137,6 @@ def run_all(steps: list[Step], params: Params, force: bool, log_path: Path | Non
 
         from lmforge.flows.stage_processes import StageProcesses, cores, stage_processes
 
-        pooled = overlapping(steps, stale)  # then every stage in a worker: this process imports none of theirs
         waiting, running, outcomes, failed = list(steps), {}, {}, None
         with contextlib.ExitStack() as workers:  # started when a stage first starts beside another
             while waiting or running:
@@ -155,7 +145,7 @@ def run_all(steps: list[Step], params: Params, force: bool, log_path: Path | Non
                 for step in ready[:width - len(running)]:
                     waiting.remove(step)
                     recorder.wait_for(step.upstream)
-                    beside = step in runs and (pooled or bool(running) or len(runs) > 1)
+                    beside = step in runs and (bool(running) or len(runs) > 1)
                     if beside and stage_processes.get() is None:
                         workers.enter_context(StageProcesses(width, log_path).installed())
                     # Every stage on the same share of the cores, alone or not: what it computes must not

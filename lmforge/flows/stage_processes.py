@@ -4,16 +4,12 @@ With orchestration.max_parallel_stages > 1, stages whose inputs are ready run si
 of the flow's process they shared torch's global random generator (a seeded run was no longer
 repeatable), the GIL (the Python half of a tiny model's step ran one at a time) and torch's thread pool
 (two stages on two threads each oversubscribed the cores). A stage that starts while another runs now
-runs in a worker process; one that starts alone runs in the flow's process, with its progress bar,
-unless the flow began with stages to run that may overlap: then every stage runs in a worker, and
-the flow's process never imports torch and the rest (the demo's started 17 CPU-s of those imports
-beside the fork server's same ones and Prefect's server boot, on 2 cores).
+runs in a worker process; one that starts alone runs in the flow's process, with its progress bar.
 Each gets the same share of the cores (torch.set_num_threads), so what it computes does not depend on
 what else was ready when it started. The workers are forked
 from multiprocessing's fork server, which imports torch, Lightning, transformers, MLflow and the stages
-once, when the flow first starts a stage beside another (a flow whose stages never overlap starts none),
-or, for `lmforge pipeline`, while Prefect's server boots; a worker serves one stage after another, its
-imports warm.
+once, when the flow first starts a stage beside another (a flow whose stages never overlap starts none);
+a worker serves one stage after another, its imports warm.
 Measured on 2 cores, the demo's 17 fine-tuning runs: 70.8 s one after another on 2 threads, 58.4 s two
 at once as threads, 52.1 s two at once as processes of 1 thread each.
 
