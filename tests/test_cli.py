@@ -154,47 +154,16 @@ def test_the_temporary_prefect_server_boots_beside_the_imports_and_only_without_
 
 
 def test_a_flow_the_cli_runs_finds_its_server_booted_first(monkeypatch):
-    """... and, when it will run stages beside each other, the stages' fork server started (its imports
-    done while the flow starts, not while its first stages wait)."""
     from lmforge.components import cli
     from lmforge.flows import pipeline
 
-    calls, stale = [], {}
-    monkeypatch.setattr(cli, "server_ready", lambda stages_at_once: calls.append(("server", stages_at_once)))
-    monkeypatch.setattr(cli, "stale_stages", lambda: stale)
-    for name in ("pipeline", "finetune"):
-        monkeypatch.setitem(pipeline.FLOWS, name, lambda **kwargs: calls.append("flow") or {"stages": []})
+    calls = []
+    monkeypatch.setattr(cli, "server_ready", lambda: calls.append("server"))
+    monkeypatch.setattr(cli, "up_to_date", lambda: False)
+    monkeypatch.setitem(pipeline.FLOWS, "pipeline", lambda **kwargs: calls.append("flow") or {"stages": []})
     monkeypatch.setattr(cli, "summary", lambda result, params: "")
-    params = ["-p", str(REPO / "params.yaml")]
-
-    def cli_calls(*argv: str) -> list:
-        calls.clear()
-        assert main([*argv, *params]) == 0
-        return list(calls)
-
-    assert cli_calls("pipeline") == []  # nothing stale: no server, no flow
-    stale = {"pretrain-bert": ["changed deps"], "pretrain-gpt": ["changed deps"]}
-    assert cli_calls("pipeline") == [("server", True), "flow"]
-    assert cli_calls("pipeline", "-S", "orchestration.max_parallel_stages=1") == [("server", False), "flow"]
-    stale = {"register@bert-rte": ["changed deps"]}
-    assert cli_calls("pipeline") == [("server", False), "flow"]  # one stage: it runs in the flow's process
-    assert cli_calls("pipeline", "--force") == [("server", True), "flow"]  # every stage, unasked
-    assert cli_calls("flow", "finetune") == [("server", False), "flow"]  # one task's stages, one after another
-
-
-def test_the_stages_fork_server_starts_with_the_prefect_server_when_asked(monkeypatch):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from lmforge.components import cli
-    from lmforge.flows import stage_processes
-
-    started = []
-    monkeypatch.setattr(stage_processes, "start_fork_server", lambda: started.append("fork server"))
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):  # a server: none to boot
-        cli.server_ready()
-        assert started == []
-        cli.server_ready(stages_at_once=True)
-    assert started == ["fork server"]
+    assert main(["pipeline", "-p", str(REPO / "params.yaml")]) == 0
+    assert calls == ["server", "flow"]
 
 
 def test_a_registration_that_found_its_weights_already_registered_says_so():

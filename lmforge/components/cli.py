@@ -106,8 +106,7 @@ def _run(args, params: Params) -> None:
         from lmforge.flows.pipeline import FLOWS
 
         name = "pipeline" if args.command == "pipeline" else args.name
-        stale = stale_stages() if name == "pipeline" and not args.force and not args.overrides else None
-        if stale == {}:
+        if name == "pipeline" and not args.force and not args.overrides and up_to_date():
             # What `dvc repro` does: nothing, at once. The flow would skip every stage too, after
             # starting Prefect's temporary server (measured: 26 s for the demo against 8 s).
             print("pipeline: every stage is up to date (dvc status): nothing to run; --force runs them again")
@@ -120,10 +119,7 @@ def _run(args, params: Params) -> None:
                           epochs=args.epochs)
         if name == "evaluate_and_register":
             kwargs["models"] = args.models
-        # Stages run beside each other only in a pipeline of several stages to run (a flow of one task's
-        # stages runs them one after another, in its own process).
-        server_ready(stages_at_once=name == "pipeline" and params.orchestration.max_parallel_stages > 1
-                     and (stale is None or len(stale) > 1))
+        server_ready()
         result = FLOWS[name](params=params, params_file=args.params, **kwargs)
         print(summary(result, params))
     elif args.command == "serve":
@@ -173,19 +169,11 @@ def summary(result: dict, params: Params) -> str:
     return "\n".join(lines)
 
 
-def server_ready(stages_at_once: bool = False) -> None:
+def server_ready() -> None:
     """Without a Prefect server (no PREFECT_API_URL), a flow starts Prefect's temporary one and waits
     ~4 s for it; boot it in the background while this process imports what the stages need (~5 s),
-    instead of one after the other. The flow's client then finds it running (one server per process).
-    `stages_at_once`: start the stages' fork server now too, whose imports (~12 s, one core) the first
-    stages started beside each other would otherwise wait for (measured: both demo pretrainings began
-    training 14 s after they were started)."""
+    instead of one after the other. The flow's client then finds it running (one server per process)."""
     import threading
-
-    if stages_at_once:
-        from lmforge.flows.stage_processes import start_fork_server
-
-        start_fork_server()
 
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
@@ -211,11 +199,11 @@ def server_ready(stages_at_once: bool = False) -> None:
         raise failed[0]
 
 
-def stale_stages() -> dict[str, list[str]] | None:
-    """The stages DVC says would run, with why ({}: none; None outside a DVC repository)."""
+def up_to_date() -> bool:
+    """Whether DVC says no stage of the pipeline would run (False outside a DVC repository)."""
     from lmforge.components.versioning import DvcProject
 
-    return DvcProject(".").stale()
+    return DvcProject(".").stale() == {}
 
 
 def main(argv: list[str] | None = None) -> int:
