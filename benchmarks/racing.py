@@ -86,7 +86,7 @@ class Clock:
 
     def __init__(self, turns: Turns, total: int, warmup: int, window: int):
         self.turns, self.total, self.warmup, self.window = turns, total, warmup, window
-        self.done, self.steps, self.tokens, self.positions, self.sequences, self.seconds = 0, 0, 0, 0, 0, 0.0
+        self.done, self.tokens, self.positions, self.sequences = 0, 0, 0, 0
         self.losses: list[torch.Tensor] = []
         self.step_seconds: list[float] = []  # each timed step's: their median shrugs off a burst of outside load
         self.start, self.created, self.warmup_seconds = None, time.perf_counter(), 0.0
@@ -97,9 +97,8 @@ class Clock:
         if self.start is not None:
             _sync()
             self.step_seconds.append(time.perf_counter() - self.start)
-            self.seconds += self.step_seconds[-1]
             tokens, positions, sequences = tokens_of(batch)
-            self.steps, self.tokens = self.steps + 1, self.tokens + tokens
+            self.tokens += tokens
             self.positions, self.sequences = self.positions + positions, self.sequences + sequences
         if self.done == self.warmup:
             _sync()
@@ -111,6 +110,16 @@ class Clock:
             restore_global_state(state)
         # The next step, its data loading included, is timed.
         self.start = time.perf_counter() if self.warmup <= self.done < self.total else None
+
+    @property
+    def steps(self) -> int:
+        """The timed steps."""
+        return len(self.step_seconds)
+
+    @property
+    def seconds(self) -> float:
+        """The timed steps' seconds, summed."""
+        return sum(self.step_seconds)
 
     def final_loss(self, last: int = 10) -> float:
         return float(torch.stack(self.losses[-last:]).mean())
