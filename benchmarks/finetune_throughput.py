@@ -43,7 +43,7 @@ from lmforge.components.finetuning.metrics import task_score  # noqa: E402
 from lmforge.components.finetuning.scoring import score_glue  # noqa: E402
 from lmforge.components.pretraining.models import build_bert  # noqa: E402
 from lmforge.components.training.distributed import resolve_accelerator  # noqa: E402
-from lmforge.components.training.trainer import total_steps  # noqa: E402
+from lmforge.components.training.trainer import total_steps, without_memory_fill  # noqa: E402
 from lmforge.components.tokenizer import train_bert_tokenizer  # noqa: E402
 from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, best_trainer_settings, bf16_available,  # noqa: E402
                     environment, greenlet, quiet_and_restored, write_report)
@@ -84,9 +84,10 @@ def lmforge_contestant(task: str, train_split, folder: Path, ft: FinetuneConfig,
                 devices=cfg.devices, strategy=cfg.strategy, num_nodes=cfg.num_nodes, precision=cfg.precision,
                 accumulate_grad_batches=cfg.accumulate_grad_batches, gradient_clip_val=cfg.gradient_clip or None,
                 limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=cfg.log_every_n_steps, logger=False,
-                callbacks=[clock.timer()], default_root_dir=root, enable_model_summary=False,
-                enable_checkpointing=False, enable_progress_bar=False,
+                deterministic=cfg.deterministic, callbacks=[clock.timer()], default_root_dir=root,
+                enable_model_summary=False, enable_checkpointing=False, enable_progress_bar=False,
             )
+            without_memory_fill(cfg.deterministic)
             trainer.fit(module, train_dataloaders=loader)
         return {"model": module.model, "tokenizer": tokenizer, "clock": clock}
 

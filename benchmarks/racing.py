@@ -65,7 +65,9 @@ class Turns:
     def run(self) -> list:
         if greenlet is None:
             return [contestant(self) for contestant in self.contestants]
-        lets = [greenlet.greenlet(lambda c=c: c(self)) for c in self.contestants]
+        start = global_state()  # each begins from it, as alone in a fresh process: not from the state
+        # of the contestant that handed over (Lightning's deterministic flags would pass to the Trainer)
+        lets = [greenlet.greenlet(lambda c=c: (restore_global_state(start), c(self))[1]) for c in self.contestants]
         results, order = [None] * len(lets), list(range(len(lets)))
         while any(not g.dead for g in lets):
             for i in order:

@@ -135,3 +135,31 @@ def test_finetune_benchmark_runs_on_a_users_glue_folder(tmp_path, monkeypatch):
     result = report["results"]["sst2"]
     assert result["train_examples"] == 40 and result["dev_examples"] == 8
     assert all(row["timed_examples"] == 32 for row in result["rows"].values())
+
+
+def test_contestants_start_from_the_state_the_race_began_with_and_keep_their_own(monkeypatch):
+    """Lightning turns deterministic algorithms on for lmforge's side; the Trainer racing it must not
+    inherit them (it runs without, as alone), and each side keeps its own flags across hand-overs."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import racing
+
+    seen = {"a": [], "b": []}
+
+    def contestant(name: str, deterministic: bool | None):
+        def contest(turns):
+            if deterministic is not None:
+                torch.use_deterministic_algorithms(deterministic)
+            clock = racing.Clock(turns, total=4, warmup=1, window=1)
+            for _ in range(4):
+                seen[name].append(torch.are_deterministic_algorithms_enabled())
+                clock.step_end({"input_ids": torch.ones(1, 2)}, torch.tensor(1.0))
+            return clock.steps
+        return contest
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)
+        assert racing.Turns([contestant("a", True), contestant("b", None)]).run() == [3, 3]
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert seen == {"a": [True] * 4, "b": [False] * 4}

@@ -2,7 +2,6 @@
 
 import json
 
-import lightning as L
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
@@ -161,6 +160,25 @@ def test_progress_bar_counts_epochs_from_one_out_of_what_max_steps_makes():
     assert bar._get_train_description(4).strip() == "Epoch 5/11"
     bar._trainer = SimpleNamespace(num_training_batches=float("inf"), max_steps=500, accumulate_grad_batches=1)
     assert bar._get_train_description(0).strip() == "Epoch 1"  # an iterable of unknown length
+
+
+def test_trainer_runs_deterministic_algorithms_without_filling_new_tensors(tmp_path):
+    """Deterministic algorithms as train.deterministic asks, but not torch's NaN-fill of every new
+    tensor that comes with them (4 % of a `mini` GPT step); off, neither flag is touched."""
+    from lmforge.components.config import TrainConfig
+    from lmforge.components.training.trainer import build_trainer
+
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    try:
+        torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = True
+        build_trainer(TrainConfig(deterministic=False), tmp_path, None, [], max_steps=1, val_check_interval=1)
+        assert not torch.are_deterministic_algorithms_enabled() and torch.utils.deterministic.fill_uninitialized_memory
+        build_trainer(TrainConfig(), tmp_path, None, [], max_steps=1, val_check_interval=1)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.utils.deterministic.fill_uninitialized_memory
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[1]
 
 
 def test_gpt_computes_gpt2s_gelu_in_one_kernel():
