@@ -72,7 +72,10 @@ def test_a_flow_ends_with_a_summary_that_answers(tmp_path):
     assert not any("finetune@bert-qnli" in line or "ingest" in line for line in lines)
     assert "  bert  qnli       accuracy               0.930 vs 0.750  pretrained better" in lines
     assert "  lmforge-bert-qnli v2: champion now (accuracy 0.8750; beats champion v1)" in lines
-    assert lines[-3].startswith("1 stage(s) ran in 0.2 min, 1 skipped.")
+    assert lines[-3].startswith("1 stage(s) ran (12.4 s of stage time), 1 skipped.")
+    # with the command's wall time: stages that ran side by side add up to more than it
+    assert summary({**result, "stages": result["stages"] * 8}, params, 65.2).splitlines()[-3].startswith(
+        "8 stage(s) ran in 1 min 05 s (1 min 39 s of stage time), 8 skipped.")
     assert lines[-2].startswith("MLflow UI:  mlflow ui --backend-store-uri") and lines[-1].startswith("Prefect UI:")
 
 
@@ -161,7 +164,7 @@ def test_a_flow_the_cli_runs_finds_its_server_booted_first(monkeypatch):
     monkeypatch.setattr(cli, "server_ready", lambda: calls.append("server"))
     monkeypatch.setattr(cli, "up_to_date", lambda: False)
     monkeypatch.setitem(pipeline.FLOWS, "pipeline", lambda **kwargs: calls.append("flow") or {"stages": []})
-    monkeypatch.setattr(cli, "summary", lambda result, params: "")
+    monkeypatch.setattr(cli, "summary", lambda result, params, seconds: "")
     assert main(["pipeline", "-p", str(REPO / "params.yaml")]) == 0
     assert calls == ["server", "flow"]
 
