@@ -60,6 +60,10 @@ def test_pipeline_flow_registers_gates_traces_and_skips_on_rerun(tmp_path, monke
     order = [s["stage"] for s in first["stages"]]
     assert order.index("evaluate@bert-rte") < order.index("register@bert-rte") > order.index("finetune@bert-rte")
     assert "Data and pipelines are up to date." in sh("dvc", "status", cwd=root)
+    # Registration receipts name versions in this machine's mlflow.db (not in git either): ignored, not
+    # left untracked beside the metrics a user commits.
+    assert (root / "reports/registry/bert-rte.json").exists()
+    assert "reports/registry" not in sh("git", "status", "--porcelain", "--untracked-files=all", cwd=root)
 
     # MLflow: one parent run for the flow run, every stage nested under it.
     client = mlflow.MlflowClient(tracking_uri=uri)
