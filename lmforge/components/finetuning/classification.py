@@ -19,7 +19,7 @@ from lmforge.components.data.schemas import GLUE_TASKS
 from lmforge.components.errors import LmforgeError
 from lmforge.components.finetuning.metrics import glue_metrics
 from lmforge.components.finetuning.training import PAD_MULTIPLE, FinetuneModule, padded_loader, with_lengths
-from lmforge.components.training import bert_top
+from lmforge.components.training import bert_top, gpt_top
 from lmforge.components.training.linear_ce import linear_cross_entropy
 
 
@@ -64,12 +64,16 @@ class ClassificationModule(FinetuneModule):
 
     def forward(self, batch: dict):
         bert = getattr(self.model, "bert", None)
-        if not isinstance(self.model, BertForSequenceClassification) or not bert_top.supports(bert):
+        # The head reads one position a row (BERT's [CLS], GPT's last token): the last layer runs there
+        # alone (`bert_top`, `gpt_top`), the same logits.
+        if isinstance(self.model, BertForSequenceClassification) and bert_top.supports(bert):
+            logits = bert_top.classification_logits(self.model, batch["input_ids"], batch.get("attention_mask"),
+                                                    batch.get("token_type_ids"))
+        elif gpt_top.supports(self.model) and "token_type_ids" not in batch:
+            logits = gpt_top.classification_logits(self.model, batch["input_ids"], batch.get("attention_mask"))
+        else:
             return self.model(**batch)
-        # BERT's head reads [CLS] alone: its last layer runs there only (`bert_top`), the same logits.
         labels = batch.get("labels")
-        logits = bert_top.classification_logits(self.model, batch["input_ids"], batch.get("attention_mask"),
-                                                batch.get("token_type_ids"))
         # In fp32, as HF's loss under autocast: bf16 would round the gold scores (4.2 -> 4.1875).
         loss = (None if labels is None else F.mse_loss(logits.squeeze(-1).float(), labels.float()) if self.regression
                 else F.cross_entropy(logits.float(), labels))
