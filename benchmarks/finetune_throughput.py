@@ -177,50 +177,66 @@ def resolve_init(args, texts, root: Path) -> tuple[Path, str]:
 
 
 def bench_task(task: str, data, folder: Path, args, precisions: list[str]) -> dict:
-    """Race lmforge at each precision against the Trainer (defaults, and at its best) on one task;
-    their rows, and each lmforge row against the fastest Trainer row."""
-    names, contestants = [], []
-    for precision in precisions:
-        names.append(f"lmforge {precision}")
-        contestants.append(lmforge_contestant(task, data["train"], folder, finetune_config(args, precision), args))
-    best_precision = next((p for p in precisions if "bf16" in p), "32")
-    # The faster of HF's two CPU attentions is the strongest rival: both race.
-    references = {REFERENCE: (finetune_config(args, "32"), False, "sdpa"),
-                  f"{BEST} {best_precision}": (finetune_config(args, best_precision), True, "sdpa"),
-                  f"{BEST} eager {best_precision}": (finetune_config(args, best_precision), True, "eager")}
-    for name, (cfg, best, attention) in references.items():
-        names.append(name)
-        contestants.append(reference_contestant(task, data["train"], folder, cfg, args, best, attention))
-    raced = Turns(contestants).run()
+    """Race lmforge at each precision against the Trainer (defaults, and at its best) on one task,
+    once per seed in --seeds (both sides the same seed each time); their rows (speed over every seed's
+    timed steps, dev score the mean over seeds), and each lmforge row against the fastest Trainer row."""
+    names, references, runs = [], [], []
+    for seed in args.seeds:
+        contestants = []
+        names = [f"lmforge {precision}" for precision in precisions]
+        for precision in precisions:
+            contestants.append(lmforge_contestant(task, data["train"], folder, finetune_config(args, precision, seed), args))
+        best_precision = next((p for p in precisions if "bf16" in p), "32")
+        # The faster of HF's two CPU attentions is the strongest rival: both race.
+        settings = {REFERENCE: ("32", False, "sdpa"), f"{BEST} {best_precision}": (best_precision, True, "sdpa"),
+                    f"{BEST} eager {best_precision}": (best_precision, True, "eager")}
+        for name, (precision, best, attention) in settings.items():
+            names.append(name)
+            contestants.append(reference_contestant(task, data["train"], folder, finetune_config(args, precision, seed),
+                                                    args, best, attention))
+        references = list(settings)
+        runs.append(dict(zip(names, Turns(contestants).run())))
 
     scoring_cfg = finetune_config(args, "32")
     dev_splits = [s for s in GLUE_TASKS[task].validation_splits if s in data]
     rows = {}
-    for name, result in zip(names, raced):
-        clock, model, tokenizer = result["clock"], result["model"].float(), result["tokenizer"]
-        dev = {s: score_glue(model, tokenizer, task, data[s], s, scoring_cfg).metrics for s in dev_splits}
+    for name in names:
+        clocks = [run[name]["clock"] for run in runs]
+        dev_by_seed = {}
+        for seed, run in zip(args.seeds, runs):
+            model, tokenizer = run[name]["model"].float(), run[name]["tokenizer"]
+            dev_by_seed[seed] = {s: score_glue(model, tokenizer, task, data[s], s, scoring_cfg).metrics for s in dev_splits}
+        scores = {seed: sum(task_score(m) for m in dev.values()) / len(dev) for seed, dev in dev_by_seed.items()}
+        seconds, sequences = sum(c.seconds for c in clocks), sum(c.sequences for c in clocks)
+        tokens, positions = sum(c.tokens for c in clocks), sum(c.positions for c in clocks)
         rows[name] = {
-            "examples_per_s": clock.sequences / clock.seconds, "tokens_per_s": clock.tokens / clock.seconds,
-            "positions_per_s": clock.positions / clock.seconds, "padding_fraction": 1 - clock.tokens / clock.positions,
-            "timed_steps": clock.steps, "timed_seconds": clock.seconds, "timed_examples": clock.sequences,
-            "steps": clock.done, "warmup_seconds": clock.warmup_seconds, "final_loss": clock.final_loss(),
-            "dev": dev, "dev_score": sum(task_score(m) for m in dev.values()) / len(dev),
+            "examples_per_s": sequences / seconds, "tokens_per_s": tokens / seconds,
+            "positions_per_s": positions / seconds, "padding_fraction": 1 - tokens / positions,
+            "timed_steps": sum(c.steps for c in clocks), "timed_seconds": seconds, "timed_examples": sequences,
+            "steps": clocks[0].done, "warmup_seconds": sum(c.warmup_seconds for c in clocks) / len(clocks),
+            "final_loss": sum(c.final_loss() for c in clocks) / len(clocks),
+            "final_loss_by_seed": {seed: c.final_loss() for seed, c in zip(args.seeds, clocks)},
+            "dev": dev_by_seed[args.seeds[0]], "dev_by_seed": dev_by_seed,
+            "dev_score": sum(scores.values()) / len(scores), "dev_score_by_seed": scores,
             "precision": name.split()[-1], "side": "trainer" if name in references else "lmforge",
         }
     strongest = max(references, key=lambda n: rows[n]["examples_per_s"])
     ratios = {name: {"speedup": row["examples_per_s"] / rows[strongest]["examples_per_s"],
                      "dev_score_difference": row["dev_score"] - rows[strongest]["dev_score"],
+                     "dev_score_difference_by_seed": {seed: row["dev_score_by_seed"][seed]
+                                                      - rows[strongest]["dev_score_by_seed"][seed] for seed in args.seeds},
                      "speedup_vs_defaults": row["examples_per_s"] / rows[REFERENCE]["examples_per_s"]}
               for name, row in rows.items() if name not in references}
     return {"rows": rows, "strongest_reference": strongest, "vs_strongest": ratios,
             "train_examples": len(data["train"]), "dev_examples": sum(len(data[s]) for s in dev_splits)}
 
 
-def finetune_config(args, precision: str) -> FinetuneConfig:
-    """lmforge's fine-tuning defaults, with the benchmark's epochs, batch size and learning rate."""
+def finetune_config(args, precision: str, seed: int | None = None) -> FinetuneConfig:
+    """lmforge's fine-tuning defaults, with the benchmark's epochs, batch size, learning rate and seed."""
     ft = FinetuneConfig(max_seq_length=args.max_seq_length)
+    seed = args.seeds[0] if seed is None else seed
     train = ft.train.model_copy(update={"max_epochs": args.epochs, "batch_size": args.batch_size,
-                                        "learning_rate": args.lr, "precision": precision})
+                                        "learning_rate": args.lr, "precision": precision, "seed": seed})
     return ft.model_copy(update={"train": train})
 
 
@@ -259,6 +275,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="run_glue.py's default; the defaults reference pads every row to it")
     parser.add_argument("--precision", default="32,auto",
                         help="lmforge's rows: comma-separated; auto: bf16-mixed where supported, else 32")
+    parser.add_argument("--seeds", type=lambda text: [int(seed) for seed in text.split(",")],
+                        default=[FinetuneConfig().train.seed],
+                        help="training seeds, comma-separated: each task races once per seed (the dev score of "
+                             "one run moves by points with its dropout draws and batch order)")
     parser.add_argument("--skip", type=int, default=3, help="first steps left out of the timing")
     parser.add_argument("--window", type=int, default=5, help="timed steps per turn before handing over")
     parser.add_argument("--glue-train", type=int, default=5000, help="demo train rows per task")
@@ -300,7 +320,8 @@ def main(argv=None) -> dict:
         "config": {**vars(args), "init_used": init,
                    "examples_per_s": "training examples per second over the timed steps (optimizer steps after --skip)",
                    "dev_score": "GLUE's score of the task (mean of its metrics; MNLI: over matched and mismatched), "
-                                "both sides scored by the finetune stage's scorer in fp32",
+                                "both sides scored by the finetune stage's scorer in fp32; the mean over --seeds, "
+                                "each seed's in dev_score_by_seed",
                    "data": f"GLUE folder {args.glue_dir} ({args.task})" if args.glue_dir else "the demo world",
                    "references": "HF Trainer, lmforge's lr, batch size, epochs, schedule, warm-up, weight decay, "
                                  "clipping and seed on every row. 'Trainer defaults': as run_glue.py sets it up "
@@ -327,8 +348,10 @@ def print_table(report: dict) -> None:
         for name, row in result["rows"].items():
             ratio = result["vs_strongest"].get(name)
             extra = f"{ratio['speedup']:>7.2f}x {ratio['dev_score_difference']:>+8.3f}" if ratio else ""
+            seeds = (f"  seeds {' '.join(f'{v:.3f}' for v in row['dev_score_by_seed'].values())}"
+                     if len(row["dev_score_by_seed"]) > 1 else "")
             print(f"{task:<6} {name:<22} {row['examples_per_s']:>10.1f} {row['padding_fraction']:>8.0%} "
-                  f"{row['final_loss']:>10.3f} {row['dev_score']:>9.3f} {extra}")
+                  f"{row['final_loss']:>10.3f} {row['dev_score']:>9.3f} {extra}{seeds}")
     for name, s in report["summary"]["by_row"].items():
         print(f"{name} / fastest Trainer row: {s['speedup_geomean']:.2f}x examples/s (geometric mean; lowest {s['speedup_min']:.2f}x); "
               f"dev score {s['dev_score_difference_mean']:+.3f} on average, {s['dev_score_difference_worst']:+.3f} at worst")

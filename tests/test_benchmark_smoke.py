@@ -120,6 +120,25 @@ def test_finetune_benchmark_races_both_trainer_setups_and_writes_its_report(tmp_
     assert summary["speedup"] == pytest.approx(report["results"]["mnli"]["vs_strongest"]["lmforge 32"]["speedup"])
 
 
+def test_finetune_benchmark_races_once_per_seed_and_averages_the_dev_scores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = run_finetune_bench(monkeypatch, "--tasks", "sst2", "--glue-train", "40", "--glue-eval", "10",
+                                "--documents", "60", "--seeds", "0,1", "--out", str(tmp_path / "bench.json"))
+    result = report["results"]["sst2"]
+    for row in result["rows"].values():
+        assert row["steps"] == 5 and row["timed_steps"] == 8 and row["timed_examples"] == 64  # 4 timed steps a seed
+        assert set(row["dev_score_by_seed"]) == {0, 1} and set(row["dev_by_seed"]) == {0, 1}
+        assert row["dev_score"] == pytest.approx(sum(row["dev_score_by_seed"].values()) / 2)
+    lmforge, strongest = result["rows"]["lmforge 32"], result["rows"][result["strongest_reference"]]
+    # the seeds train differently (the head's draw, the batches, dropout), on both sides
+    for row in (lmforge, strongest):
+        assert row["final_loss_by_seed"][0] != row["final_loss_by_seed"][1]
+        assert row["final_loss"] == pytest.approx(sum(row["final_loss_by_seed"].values()) / 2)
+    differences = result["vs_strongest"]["lmforge 32"]["dev_score_difference_by_seed"]
+    assert differences == {seed: pytest.approx(lmforge["dev_score_by_seed"][seed] - strongest["dev_score_by_seed"][seed])
+                           for seed in (0, 1)}
+
+
 def test_finetune_benchmark_runs_on_a_users_glue_folder(tmp_path, monkeypatch):
     folder = tmp_path / "SST-2"
     folder.mkdir()
