@@ -43,7 +43,7 @@ from lmforge.components.finetuning.metrics import task_score  # noqa: E402
 from lmforge.components.finetuning.scoring import score_glue  # noqa: E402
 from lmforge.components.pretraining.models import build_bert  # noqa: E402
 from lmforge.components.training.distributed import resolve_accelerator  # noqa: E402
-from lmforge.components.training.trainer import total_steps, without_memory_fill  # noqa: E402
+from lmforge.components.training.trainer import total_steps  # noqa: E402
 from lmforge.components.tokenizer import train_bert_tokenizer  # noqa: E402
 from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, best_trainer_settings, bf16_available,  # noqa: E402
                     environment, greenlet, quiet_and_restored, write_report)
@@ -87,7 +87,6 @@ def lmforge_contestant(task: str, train_split, folder: Path, ft: FinetuneConfig,
                 deterministic=cfg.deterministic, callbacks=[clock.timer()], default_root_dir=root,
                 enable_model_summary=False, enable_checkpointing=False, enable_progress_bar=False,
             )
-            without_memory_fill(cfg.deterministic)
             trainer.fit(module, train_dataloaders=loader)
         return {"model": module.model, "tokenizer": tokenizer, "clock": clock}
 
@@ -180,21 +179,17 @@ def bench_task(task: str, data, folder: Path, args, precisions: list[str]) -> di
     """Race lmforge at each precision against the Trainer (defaults, and at its best) on one task,
     once per seed in --seeds (both sides the same seed each time); their rows (speed over every seed's
     timed steps, dev score the mean over seeds), and each lmforge row against the fastest Trainer row."""
-    names, references, runs = [], [], []
+    best_precision = next((p for p in precisions if "bf16" in p), "32")
+    # The faster of HF's two CPU attentions is the strongest rival: both race.
+    references = {REFERENCE: ("32", False, "sdpa"), f"{BEST} {best_precision}": (best_precision, True, "sdpa"),
+                  f"{BEST} eager {best_precision}": (best_precision, True, "eager")}
+    names = [f"lmforge {precision}" for precision in precisions] + list(references)
+    runs = []
     for seed in args.seeds:
-        contestants = []
-        names = [f"lmforge {precision}" for precision in precisions]
-        for precision in precisions:
-            contestants.append(lmforge_contestant(task, data["train"], folder, finetune_config(args, precision, seed), args))
-        best_precision = next((p for p in precisions if "bf16" in p), "32")
-        # The faster of HF's two CPU attentions is the strongest rival: both race.
-        settings = {REFERENCE: ("32", False, "sdpa"), f"{BEST} {best_precision}": (best_precision, True, "sdpa"),
-                    f"{BEST} eager {best_precision}": (best_precision, True, "eager")}
-        for name, (precision, best, attention) in settings.items():
-            names.append(name)
-            contestants.append(reference_contestant(task, data["train"], folder, finetune_config(args, precision, seed),
-                                                    args, best, attention))
-        references = list(settings)
+        contestants = [lmforge_contestant(task, data["train"], folder, finetune_config(args, precision, seed), args)
+                       for precision in precisions]
+        contestants += [reference_contestant(task, data["train"], folder, finetune_config(args, precision, seed), args,
+                                             best, attention) for precision, best, attention in references.values()]
         runs.append(dict(zip(names, Turns(contestants).run())))
 
     scoring_cfg = finetune_config(args, "32")

@@ -42,7 +42,7 @@ from lmforge.components.pretraining.module import BertPretrainModule, GptPretrai
 from lmforge.components.pretraining.throughput import ThroughputLogger, measure_peak_flops  # noqa: E402
 from lmforge.components.pretraining.trainer import PretrainDataModule  # noqa: E402
 from lmforge.components.training.distributed import resolve_accelerator  # noqa: E402
-from lmforge.components.training.trainer import unwrap, without_memory_fill  # noqa: E402
+from lmforge.components.training.trainer import unwrap  # noqa: E402
 from lmforge.components.tokenizer import train_bert_tokenizer, train_gpt_tokenizer  # noqa: E402
 from racing import (BEST, DEVICE, REFERENCE, Clock, HFClock, Turns, best_trainer_settings, bf16_available,  # noqa: E402
                     environment, greenlet, quiet_and_restored, write_report)
@@ -72,7 +72,6 @@ def lmforge_contestant(kind, build_model, train, collate, cfg: TrainConfig, args
                 deterministic=cfg.deterministic, logger=False, callbacks=callbacks, default_root_dir=root,
                 enable_model_summary=False, enable_checkpointing=False, enable_progress_bar=False,
             )
-            without_memory_fill(cfg.deterministic)
             trainer.fit(module, datamodule=data)
         return {"model": unwrap(module.model), "clock": clock}
 

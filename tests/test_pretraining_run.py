@@ -162,19 +162,23 @@ def test_progress_bar_counts_epochs_from_one_out_of_what_max_steps_makes():
     assert bar._get_train_description(0).strip() == "Epoch 1"  # an iterable of unknown length
 
 
-def test_trainer_runs_deterministic_algorithms_without_filling_new_tensors(tmp_path):
+def test_training_runs_deterministic_algorithms_without_filling_new_tensors(tmp_path):
     """Deterministic algorithms as train.deterministic asks, but not torch's NaN-fill of every new
     tensor that comes with them (4 % of a `mini` GPT step); off, neither flag is touched."""
     from lmforge.components.config import TrainConfig
+    from lmforge.components.training.module import TrainingModule
     from lmforge.components.training.trainer import build_trainer
 
     saved = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    module = TrainingModule(torch.nn.Linear(2, 2), TrainConfig())
     try:
         torch.use_deterministic_algorithms(False)
         torch.utils.deterministic.fill_uninitialized_memory = True
         build_trainer(TrainConfig(deterministic=False), tmp_path, None, [], max_steps=1, val_check_interval=1)
+        module.on_fit_start()
         assert not torch.are_deterministic_algorithms_enabled() and torch.utils.deterministic.fill_uninitialized_memory
         build_trainer(TrainConfig(), tmp_path, None, [], max_steps=1, val_check_interval=1)
+        module.on_fit_start()
         assert torch.are_deterministic_algorithms_enabled() and not torch.utils.deterministic.fill_uninitialized_memory
     finally:
         torch.use_deterministic_algorithms(saved[0])

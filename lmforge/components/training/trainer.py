@@ -110,7 +110,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, logger, callbacks: list, *, m
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [*callbacks, LearningRateMonitor(logging_interval="step")]
-    trainer = L.Trainer(
+    return L.Trainer(
         max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=cfg.devices,
         strategy=strategy(cfg, accelerator, wrap), num_nodes=cfg.num_nodes, precision=cfg.precision,
         accumulate_grad_batches=cfg.accumulate_grad_batches, gradient_clip_val=cfg.gradient_clip or None,
@@ -120,17 +120,6 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, logger, callbacks: list, *, m
         logger=logger if logger is not None else False, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir), enable_model_summary=False, enable_progress_bar=live_bar(),
     )
-    without_memory_fill(cfg.deterministic)
-    return trainer
-
-
-def without_memory_fill(deterministic: bool) -> None:
-    """Deterministic algorithms without NaN-filling every new tensor (which torch does under them by
-    default, as a debugging aid for code that reads uninitialized memory, "detrimental to performance"
-    in its docs): no result here reads such memory, and the fill cost 4 % of a `mini` GPT step on CPU.
-    Call after Lightning's Trainer is built (its constructor turns the algorithms on)."""
-    if deterministic:
-        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 class RunBookkeeping(L.Callback):
