@@ -65,9 +65,15 @@ class Turns:
     def run(self) -> list:
         if greenlet is None:
             return [contestant(self) for contestant in self.contestants]
-        start = global_state()  # each begins from it, as alone in a fresh process: not from the state
-        # of the contestant that handed over (Lightning's deterministic flags would pass to the Trainer)
-        lets = [greenlet.greenlet(lambda c=c: (restore_global_state(start), c(self))[1]) for c in self.contestants]
+        start = global_state()
+
+        def fresh(contestant):
+            # Each begins from the race's start, as alone in a fresh process: not from the state of the
+            # contestant that handed over (Lightning's deterministic flags would pass to the Trainer).
+            restore_global_state(start)
+            return contestant(self)
+
+        lets = [greenlet.greenlet(lambda c=c: fresh(c)) for c in self.contestants]
         results, order = [None] * len(lets), list(range(len(lets)))
         while any(not g.dead for g in lets):
             for i in order:
