@@ -55,8 +55,9 @@ def classification_logits(model: GPT2ForSequenceClassification, input_ids: torch
     normed = last.ln_1(hidden)
     # c_attn is one Conv1D (x @ W + b, W: hidden x 3 hidden) for q, k, v: the query's third at one position
     weight, bias = attention.c_attn.weight, attention.c_attn.bias
-    query = normed[rows, read] @ weight[:, :width] + bias[:width]
-    key, value = (normed @ weight[:, width:] + bias[width:]).split(width, dim=-1)
+    query = torch.addmm(bias[:width], normed[rows, read], weight[:, :width])
+    key, value = torch.addmm(bias[width:], normed.flatten(0, 1), weight[:, width:]).view(
+        *normed.shape[:2], 2 * width).split(width, dim=-1)
     heads, size = attention.num_heads, attention.head_dim
 
     def split(x: torch.Tensor) -> torch.Tensor:
